@@ -1,0 +1,371 @@
+"""Layered, typed, validated configuration.
+
+Precedence (last wins): ``conf/base/*.yaml`` (committed) < ``conf/local/*.yaml`` (git-ignored) <
+``HEALTHLAKE_<SECTION>__<KEY>...`` environment variables. Every file contributes top-level
+sections (``paths``, ``spark``, ``tables`` ...); the merged mapping is turned into frozen
+dataclasses. An unknown key, a wrong type or a missing value raises :class:`ConfigError` naming
+the key and the file (or environment variable) it came from, so a typo never passes silently.
+
+Secrets are never values in configuration, only references (an environment variable or a file),
+resolved on demand by :meth:`Settings.secret`; a missing or empty secret is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "HEALTHLAKE_"
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the key and the file that caused it."""
+
+
+# --------------------------------------------------------------------------------------------
+# Typed settings
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PathsSettings:
+    """Where things live. Relative paths are taken from the project root."""
+
+    landing_root: str
+    ground_truth_root: str
+    late_deliveries_root: str
+    reference_root: str
+    cache_root: str
+    zones: dict[str, str]
+
+
+@dataclass(frozen=True)
+class SparkSettings:
+    """How the single SparkSession of a process is built."""
+
+    master: str = "local[*]"
+    app_name: str = "healthlake"
+    jars_dir: str = ".cache/jars"
+    delta_packages: list[str] = field(default_factory=list)
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """Where a secret is read from: an environment variable, else a file. Never the value."""
+
+    env: str | None = None
+    file: str | None = None
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One catalogued Delta table: its zone, its path under the zone root, its partitioning."""
+
+    zone: str
+    path: str
+    description: str
+    partition_by: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole validated configuration of one run."""
+
+    timezone: str
+    paths: PathsSettings
+    spark: SparkSettings
+    secrets: dict[str, SecretRef]
+    tables: dict[str, TableSpec]
+    city: dict[str, Any]
+    generator: dict[str, Any]
+    origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    # -- derived lookups ------------------------------------------------------------------
+    def path(self, relative: str) -> Path:
+        """Resolve a configured path: absolute as is, relative from the project root."""
+        p = Path(os.path.expanduser(relative))
+        return p if p.is_absolute() else PROJECT_ROOT / p
+
+    @property
+    def landing_root(self) -> Path:
+        return self.path(self.paths.landing_root)
+
+    @property
+    def ground_truth_root(self) -> Path:
+        return self.path(self.paths.ground_truth_root)
+
+    @property
+    def late_deliveries_root(self) -> Path:
+        return self.path(self.paths.late_deliveries_root)
+
+    @property
+    def reference_root(self) -> Path:
+        return self.path(self.paths.reference_root)
+
+    def zone_root(self, zone: str) -> Path:
+        return self.path(self.paths.zones[zone])
+
+    def table(self, name: str) -> TableSpec:
+        try:
+            return self.tables[name]
+        except KeyError:
+            known = ", ".join(sorted(self.tables))
+            raise ConfigError(f"unknown table {name!r}; the catalogue has: {known}") from None
+
+    def table_path(self, name: str) -> Path:
+        spec = self.table(name)
+        return self.zone_root(spec.zone) / spec.path
+
+    def secret(self, name: str) -> str:
+        """Read a secret through its reference; missing or empty is an error, never ''."""
+        key = f"secrets.{name}"
+        ref = self.secrets.get(name)
+        if ref is None:
+            raise ConfigError(f"secret {name!r} is not configured (no key {key} in conf/)")
+        where = self.origins.get(key, "configuration")
+        if ref.env and os.environ.get(ref.env, "").strip():
+            return os.environ[ref.env].strip()
+        if ref.file:
+            p = self.path(ref.file)
+            if p.is_file() and p.read_text(encoding="utf-8").strip():
+                return p.read_text(encoding="utf-8").strip()
+        tried = " or ".join(
+            x for x in [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
+            if x
+        )
+        raise ConfigError(f"secret {name!r} is missing or empty: set {tried} ({key} in {where})")
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and merging
+# --------------------------------------------------------------------------------------------
+
+
+def load_settings(conf_dir: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load conf/base, then conf/local, then environment variables, and validate.
+
+    ``conf_dir`` defaults to ``$HEALTHLAKE_CONF_DIR`` or ``<project>/conf``.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    conf_root = Path(conf_dir or environ.get("HEALTHLAKE_CONF_DIR") or PROJECT_ROOT / "conf")
+    merged: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    base = conf_root / "base"
+    if not base.is_dir():
+        raise ConfigError(f"configuration folder {base} does not exist")
+    for layer in (base, conf_root / "local"):
+        for file in sorted(layer.glob("*.yaml")) if layer.is_dir() else []:
+            data = _read_yaml(file)
+            _merge(merged, data, origins, _rel(file), prefix="")
+    _merge(merged, _from_environment(environ), origins, None, prefix="")
+    return _build(Settings, {**merged, "origins": origins}, "", origins)
+
+
+def _rel(file: Path) -> str:
+    try:
+        return str(file.relative_to(PROJECT_ROOT))
+    except ValueError:
+        return str(file)
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{_rel(file)}: not valid YAML: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{_rel(file)}: the top level must be a mapping of sections")
+    return data
+
+
+def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
+    """``HEALTHLAKE_SPARK__MASTER=x`` -> {"spark": {"master": x}} for known top-level sections."""
+    sections = {f.name for f in dataclasses.fields(Settings)} - {"origins"}
+    out: dict[str, Any] = {}
+    for name, raw in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        parts = name[len(ENV_PREFIX):].lower().split("__")
+        if parts[0] not in sections:
+            continue  # e.g. HEALTHLAKE_HMAC_KEY, HEALTHLAKE_CONF_DIR: not configuration keys
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = _EnvValue(name, yaml.safe_load(raw) if raw != "" else "")
+    return out
+
+
+@dataclass(frozen=True)
+class _EnvValue:
+    variable: str
+    value: Any
+
+
+def _merge(into: dict[str, Any], new: dict[str, Any], origins: dict[str, str], source: str | None,
+           prefix: str) -> None:
+    for key, value in new.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: key {key!r} under {prefix or 'the top level'} is not text")
+        dotted = f"{prefix}{key}"
+        src = source
+        if isinstance(value, _EnvValue):
+            src, value = f"environment variable {value.variable}", value.value
+        if isinstance(value, dict) and isinstance(into.get(key), dict):
+            origins.setdefault(dotted, src or "")
+            _merge(into[key], value, origins, src, prefix=f"{dotted}.")
+        else:
+            into[key] = _strip_env(value)
+            origins[dotted] = src or ""
+            _record_origins(value, dotted, src or "", origins)
+
+
+def _strip_env(value: Any) -> Any:
+    if isinstance(value, _EnvValue):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _strip_env(v) for k, v in value.items()}
+    return value
+
+
+def _record_origins(value: Any, dotted: str, source: str, origins: dict[str, str]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if isinstance(v, _EnvValue):
+                origins[f"{dotted}.{k}"] = f"environment variable {v.variable}"
+            else:
+                origins[f"{dotted}.{k}"] = source
+                _record_origins(v, f"{dotted}.{k}", source, origins)
+
+
+# --------------------------------------------------------------------------------------------
+# Typed building
+# --------------------------------------------------------------------------------------------
+
+
+def _where(key: str, origins: dict[str, str]) -> str:
+    probe = key
+    while probe:
+        if origins.get(probe):
+            return origins[probe]
+        probe = probe.rpartition(".")[0]
+    return "configuration"
+
+
+def _fail(key: str, origins: dict[str, str], message: str) -> typing.NoReturn:
+    raise ConfigError(f"{_where(key, origins)}: key {key!r}: {message}")
+
+
+def build_dataclass(cls: type, data: Any, key: str = "", origins: dict[str, str] | None = None):
+    """Turn a mapping into the frozen dataclass ``cls``, checking keys and types recursively.
+
+    Public so that other modules (the generator's parameters, the matching settings) validate
+    their own configuration sections with the same rules and messages.
+    """
+    return _build(cls, data, key, origins or {})
+
+
+def _build(tp: Any, value: Any, key: str, origins: dict[str, str]) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    label = key or "top level"
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            _fail(label, origins, f"expected a mapping, got {type(value).__name__}")
+        hints = typing.get_type_hints(tp)
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        unknown = sorted(set(value) - set(fields))
+        if unknown:
+            where = f"{key}.{unknown[0]}" if key else unknown[0]
+            _fail(where, origins, f"unknown key (allowed here: {', '.join(sorted(fields))})")
+        kwargs = {}
+        for name, f in fields.items():
+            sub = f"{key}.{name}" if key else name
+            if name in value:
+                kwargs[name] = value[name] if name == "origins" else _build(
+                    hints[name], value[name], sub, origins)
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                _fail(sub, origins, "required key is missing")
+        return tp(**kwargs)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _build(arg, value, key, origins)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        _fail(label, origins, f"value {value!r} does not fit {tp}")
+    if origin is Literal:
+        if value not in args:
+            _fail(label, origins, f"must be one of {list(args)}, got {value!r}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(label, origins, f"expected a mapping, got {type(value).__name__}")
+        kt, vt = args or (str, Any)
+        return {_build(kt, k, key, origins): _build(vt, v, f"{key}.{k}", origins)
+                for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            _fail(label, origins, f"expected a list, got {type(value).__name__}")
+        (it,) = args or (Any,)
+        return [_build(it, v, f"{key}[{i}]", origins) for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            _fail(label, origins, f"expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            _fail(label, origins, f"expected a whole number, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            _fail(label, origins, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. spark.sql.shuffle.partitions: 4
+        if not isinstance(value, str):
+            _fail(label, origins, f"expected text, got {type(value).__name__}")
+        return value
+    raise TypeError(f"unsupported configuration type {tp!r} at {label}")
+
+
+def validate(settings: Settings) -> Settings:
+    """Cross-field checks that types alone cannot express."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(settings.timezone)
+    except (ZoneInfoNotFoundError, ValueError):
+        _fail("timezone", settings.origins, f"unknown time zone {settings.timezone!r}")
+    for name, spec in settings.tables.items():
+        layer = name.partition(".")[0]
+        if "." not in name or not layer:
+            _fail(f"tables.{name}", settings.origins, "table names are '<layer>.<table>'")
+        if spec.zone not in settings.paths.zones:
+            _fail(f"tables.{name}.zone", settings.origins,
+                  f"zone {spec.zone!r} is not one of paths.zones ({', '.join(settings.paths.zones)})")
+    for name, ref in settings.secrets.items():
+        if not (ref.env or ref.file):
+            _fail(f"secrets.{name}", settings.origins, "a secret needs 'env' or 'file'")
+    return settings
+
+
+def load(conf_dir: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+    """Load and validate: the one entry point jobs, DAGs and tests use."""
+    return validate(load_settings(conf_dir, environ))
