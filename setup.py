@@ -12,7 +12,6 @@ INSTALL_REQUIRES = [
     "pyspark==4.1.1",
     "delta-spark==4.3.1",
     "apache-airflow==3.3.2",
-    "apache-airflow-providers-apache-spark==6.3.4",
     "great-expectations==1.24.1",
     "pandas==3.1.1",
     "pyarrow==26.0.1",

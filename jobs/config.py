@@ -88,6 +88,8 @@ class Settings:
     city: dict[str, Any]
     generator: dict[str, Any]
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    # Values of the environment variables that secrets reference, captured at load time.
+    secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # -- derived lookups ------------------------------------------------------------------
     def path(self, relative: str) -> Path:
@@ -132,8 +134,8 @@ class Settings:
         if ref is None:
             raise ConfigError(f"secret {name!r} is not configured (no key {key} in conf/)")
         where = self.origins.get(key, "configuration")
-        if ref.env and os.environ.get(ref.env, "").strip():
-            return os.environ[ref.env].strip()
+        if ref.env and self.secret_env.get(ref.env, "").strip():
+            return self.secret_env[ref.env].strip()
         if ref.file:
             p = self.path(ref.file)
             if p.is_file() and p.read_text(encoding="utf-8").strip():
@@ -167,7 +169,13 @@ def load_settings(conf_dir: str | Path | None = None, environ: dict[str, str] | 
             data = _read_yaml(file)
             _merge(merged, data, origins, _rel(file), prefix="")
     _merge(merged, _from_environment(environ), origins, None, prefix="")
-    return _build(Settings, {**merged, "origins": origins}, "", origins)
+    for internal in ("origins", "secret_env"):
+        if internal in merged:
+            _fail(internal, origins, "unknown key (internal to the loader)")
+    settings = _build(Settings, {**merged, "origins": origins}, "", origins)
+    wanted = {ref.env for ref in settings.secrets.values() if ref.env}
+    return dataclasses.replace(
+        settings, secret_env={k: v for k, v in environ.items() if k in wanted})
 
 
 def _rel(file: Path) -> str:

@@ -1,0 +1,55 @@
+# healthlake: everything a fresh machine needs, from nothing.
+#   make demo   venv + packages + Delta jars + a synthetic city + every pipeline step that exists
+#   make test   venv + packages + Delta jars + the test suite
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+JARS := .cache/jars/.resolved
+SECRET := .secrets/hmac_key
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: setup demo test lint jars generate check clean-data clean
+
+setup: $(INSTALLED) $(JARS)
+
+$(INSTALLED): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Delta's jars come from Maven Central once; afterwards Spark loads them from .cache/jars offline.
+$(JARS): $(INSTALLED) conf/base/settings.yaml
+	$(BIN)/healthlake jars
+	touch $@
+
+jars: $(JARS)
+
+# A local HMAC key for pseudonymisation (a real deployment points secrets.hmac_key elsewhere).
+$(SECRET):
+	mkdir -p $(dir $@) && chmod 700 $(dir $@)
+	$(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $@
+	chmod 600 $@
+
+demo: setup $(SECRET)
+	$(BIN)/healthlake demo
+
+test: setup
+	$(BIN)/python -m pytest -q tests
+
+lint: $(INSTALLED)
+	$(BIN)/ruff check .
+
+generate: $(INSTALLED)
+	$(BIN)/healthlake generate
+
+check: setup
+	$(BIN)/healthlake check
+
+clean-data:
+	rm -rf data
+
+clean: clean-data
+	rm -rf $(VENV) .cache *.egg-info

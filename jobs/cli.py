@@ -1,0 +1,136 @@
+"""The `healthlake` command: every job runs from here, from Airflow tasks and from spark-submit.
+
+Each sub-command loads and validates the configuration first, so a wrong key fails before any
+work starts, and starts at most one SparkSession.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from jobs.config import ConfigError, Settings, load
+
+log = logging.getLogger("healthlake")
+
+
+def _date(text: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from None
+
+
+def _print(summary: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(summary, ensure_ascii=False, indent=2, default=str))
+        return
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            print(f"{key}:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+
+
+# -- sub-commands --------------------------------------------------------------------------
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> dict:
+    """Show the merged configuration and where each section came from (secrets by reference)."""
+    return {
+        "timezone": settings.timezone,
+        "landing_root": settings.landing_root,
+        "zones": {z: settings.zone_root(z) for z in settings.paths.zones},
+        "spark": {"master": settings.spark.master, **settings.spark.conf},
+        "secrets": {k: f"env {v.env} / file {v.file}" for k, v in settings.secrets.items()},
+        "tables": len(settings.tables),
+    }
+
+
+def cmd_jars(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.spark import resolve_jars
+
+    jars = resolve_jars(settings)
+    return {"jars_dir": jars[0].parent, "jars": len(jars), "delta": settings.spark.delta_packages}
+
+
+def cmd_check(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs import check
+    from jobs.spark import get_spark
+
+    return check.run(get_spark(settings), settings)
+
+
+def cmd_generate(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.generate import generate
+
+    return generate(settings, residents=args.residents, full_city=args.full_city,
+                    start_date=args.start, days=args.days, seed=args.seed)
+
+
+def cmd_deliver_late(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.generate import deliver_late
+
+    moved = deliver_late(settings, args.date)
+    return {"date": args.date, "moved": [str(p) for p in moved]}
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs import demo
+
+    return demo.run(settings, args)
+
+
+COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] = {
+    "config": (cmd_config, "show the validated configuration"),
+    "jars": (cmd_jars, "resolve Delta's jars from Maven once into the local cache"),
+    "check": (cmd_check, "write and read back a Delta table with the configured Spark session"),
+    "generate": (cmd_generate, "generate a synthetic city's daily extracts into the landing zone"),
+    "deliver-late": (cmd_deliver_late, "move a late institution's held-back files into landing"),
+    "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="healthlake", description=__doc__.splitlines()[0])
+    parser.add_argument("--conf-dir", help="configuration folder (default: ./conf)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, text) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text)
+        if name in ("generate", "demo"):
+            p.add_argument("--residents", type=int, help="number of residents (default: conf)")
+            p.add_argument("--full-city", action="store_true",
+                           help="the whole city (2.44 million residents)")
+            p.add_argument("--start", type=_date, help="first extract date (default: conf)")
+            p.add_argument("--days", type=int, help="number of extract days (default: conf)")
+            p.add_argument("--seed", type=int, help="random seed (default: conf)")
+        if name == "deliver-late":
+            p.add_argument("--date", type=_date, required=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = load(Path(args.conf_dir) if args.conf_dir else None)
+        summary = COMMANDS[args.command][0](settings, args)
+    except ConfigError as exc:
+        print(f"healthlake: configuration error: {exc}", file=sys.stderr)
+        return 2
+    _print(summary, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,45 @@
+"""Reading and writing catalogued Delta tables: the only place that turns table names into paths.
+
+Jobs name tables (``bronze.encounters``); the catalogue in conf/base/catalog.yaml says where they
+live and how they are partitioned.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from jobs.config import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+
+def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
+    from delta.tables import DeltaTable
+
+    path = settings.table_path(name)
+    return path.exists() and DeltaTable.isDeltaTable(spark, str(path))
+
+
+def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
+    """Read a catalogued table; a clear error if it has never been written."""
+    if not table_exists(spark, settings, name):
+        raise FileNotFoundError(
+            f"table {name} has not been written yet (expected at {settings.table_path(name)})")
+    return spark.read.format("delta").load(str(settings.table_path(name)))
+
+
+def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "append",
+                replace_where: str | None = None) -> None:
+    """Write to a catalogued table with its configured partitioning.
+
+    ``replace_where`` atomically replaces just the matching rows (one Delta commit): how a job
+    re-runs one extract date without touching the others.
+    """
+    spec = settings.table(name)
+    writer = df.write.format("delta").mode("overwrite" if replace_where else mode)
+    if replace_where:
+        writer = writer.option("replaceWhere", replace_where)
+    if spec.partition_by:
+        writer = writer.partitionBy(*spec.partition_by)
+    writer.save(str(settings.table_path(name)))

@@ -1,0 +1,133 @@
+"""The one SparkSession factory, and the offline cache of Delta Lake's jars.
+
+Delta's Python wheel carries no JVM code: its jar comes from Maven Central. ``resolve_jars``
+fetches it once through Spark's own Ivy resolver into ``<cache_root>/ivy`` and copies the jars
+into ``spark.jars_dir``; every later session loads those files with ``spark.jars`` and needs no
+network (tests, Airflow tasks, air-gapped clusters).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+
+from jobs.config import ConfigError, Settings
+
+log = logging.getLogger(__name__)
+
+DELTA_SQL_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+
+
+def jars_dir(settings: Settings) -> Path:
+    return settings.path(settings.spark.jars_dir)
+
+
+def cached_jars(settings: Settings) -> list[Path]:
+    """The Delta jars (and their dependencies) in the local cache; error if not resolved yet."""
+    directory = jars_dir(settings)
+    jars = sorted(directory.glob("*.jar"))
+    wanted = [p.split(":")[1] for p in settings.spark.delta_packages]
+    missing = [a for a in wanted if not any(j.name.startswith(a + "-") for j in jars)]
+    if missing:
+        raise ConfigError(
+            f"Delta jars {missing} are not in {directory}: run `make jars` (or `healthlake jars`) "
+            "once with access to Maven Central")
+    return jars
+
+
+def splink_jar() -> Path | None:
+    """The Jaro-Winkler & co. UDF jar bundled in the splink wheel, when splink is installed."""
+    try:
+        import splink
+    except ImportError:
+        return None
+    jar = Path(splink.__file__).parent / "internals/files/spark_jars"
+    found = sorted(jar.glob("scala-udf-similarity-*_spark4.x.jar"))
+    return found[-1] if found else None
+
+
+def _python_env() -> None:
+    # Executors and the driver must run this interpreter (the venv's), also on a cluster.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict | None = None):
+    """Build (or return the running) SparkSession with Delta, the cached jars and our settings.
+
+    One per process: jobs, Airflow tasks and the test session all come through here.
+    """
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    _python_env()
+    jars = [str(j) for j in cached_jars(settings)]
+    if (sj := splink_jar()) is not None:
+        jars.append(str(sj))
+    builder = (
+        SparkSession.builder.master(settings.spark.master)
+        .appName(app_name or settings.spark.app_name)
+        .config("spark.jars", ",".join(jars))
+        .config("spark.sql.extensions", DELTA_SQL_EXTENSION)
+        .config("spark.sql.catalog.spark_catalog", DELTA_CATALOG)
+    )
+    conf = dict(settings.spark.conf)
+    if "spark.sql.warehouse.dir" in conf:
+        conf["spark.sql.warehouse.dir"] = str(settings.path(conf["spark.sql.warehouse.dir"]))
+    conf.update(extra_conf or {})
+    for key, value in conf.items():
+        builder = builder.config(key, value)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def resolve_jars(settings: Settings) -> list[Path]:
+    """Fetch the configured Delta packages through Spark's Ivy once and copy them to the cache.
+
+    Does nothing when the cache already holds them, so it is safe to call from every `make`.
+    """
+    try:
+        return cached_jars(settings)
+    except ConfigError:
+        pass
+    from pyspark.sql import SparkSession
+
+    _python_env()
+    ivy = settings.path(settings.paths.cache_root) / "ivy"
+    log.info("resolving %s through Ivy into %s", settings.spark.delta_packages, ivy)
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .appName("healthlake-resolve-jars")
+        .config("spark.jars.packages", ",".join(settings.spark.delta_packages))
+        .config("spark.jars.ivy", str(ivy))
+        .config("spark.ui.enabled", "false")
+        .getOrCreate()
+    )
+    spark.stop()
+    target = jars_dir(settings)
+    target.mkdir(parents=True, exist_ok=True)
+    for jar in _not_in_spark(sorted((ivy / "jars").glob("*.jar"))):
+        shutil.copy2(jar, target / jar.name.split("_", 1)[1])  # drop Ivy's "<group>_" prefix
+    return cached_jars(settings)
+
+
+def _artifact(jar_name: str) -> str:
+    """'jackson-core-2.13.5.jar' -> 'jackson-core'."""
+    return re.sub(r"-\d[\w.\-]*\.jar$", "", jar_name)
+
+
+def _not_in_spark(ivy_jars: list[Path]) -> list[Path]:
+    """Keep only what Spark's own distribution lacks, so no older duplicate (Jackson, Hadoop,
+    Parquet) lands on the classpath beside Spark's own."""
+    import pyspark
+
+    shipped = {_artifact(j.name) for j in (Path(pyspark.__file__).parent / "jars").glob("*.jar")}
+    return [j for j in ivy_jars if _artifact(j.name.split("_", 1)[1]) not in shipped]

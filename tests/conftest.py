@@ -1,0 +1,59 @@
+"""Shared fixtures: one settings object with every path under a temporary folder, and one
+SparkSession for the whole test session, sized for tiny data (as Splink's and Delta's own test
+utilities do)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from jobs.config import Settings, load
+
+TEST_SECRET = "test-hmac-key-not-for-production"
+
+
+def settings_env(root: Path, **extra: str) -> dict[str, str]:
+    """Environment that points every configured path under ``root``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHLAKE_")}
+    env.update({
+        "HEALTHLAKE_PATHS__LANDING_ROOT": str(root / "landing"),
+        "HEALTHLAKE_PATHS__GROUND_TRUTH_ROOT": str(root / "ground_truth"),
+        "HEALTHLAKE_PATHS__LATE_DELIVERIES_ROOT": str(root / "late"),
+        "HEALTHLAKE_PATHS__REFERENCE_ROOT": str(root / "reference"),
+        "HEALTHLAKE_PATHS__ZONES__RESTRICTED": str(root / "lake/restricted"),
+        "HEALTHLAKE_PATHS__ZONES__CURATED": str(root / "lake/curated"),
+        "HEALTHLAKE_PATHS__ZONES__OPS": str(root / "lake/ops"),
+        "HEALTHLAKE_SPARK__CONF__SPARK.SQL.SHUFFLE.PARTITIONS": "2",
+        "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "2g",
+        "HEALTHLAKE_SPARK__CONF__SPARK.SQL.WAREHOUSE.DIR": str(root / "warehouse"),
+        "HEALTHLAKE_HMAC_KEY": TEST_SECRET,
+    })
+    env.update(extra)
+    return env
+
+
+def make_settings(root: Path, **extra: str) -> Settings:
+    return load(environ=settings_env(root, **extra))
+
+
+@pytest.fixture(scope="session")
+def lake_root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("healthlake")
+
+
+@pytest.fixture(scope="session")
+def settings(lake_root: Path) -> Settings:
+    return make_settings(lake_root)
+
+
+@pytest.fixture(scope="session")
+def spark(settings: Settings):
+    from jobs.spark import get_spark
+
+    session = get_spark(settings, app_name="healthlake-tests",
+                        extra_conf={"spark.default.parallelism": "2",
+                                    "spark.databricks.delta.snapshotPartitions": "1"})
+    yield session
+    session.stop()
