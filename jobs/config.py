@@ -140,10 +140,8 @@ class Settings:
             p = self.path(ref.file)
             if p.is_file() and p.read_text(encoding="utf-8").strip():
                 return p.read_text(encoding="utf-8").strip()
-        tried = " or ".join(
-            x for x in [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
-            if x
-        )
+        places = [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
+        tried = " or ".join(x for x in places if x)
         raise ConfigError(f"secret {name!r} is missing or empty: set {tried} ({key} in {where})")
 
 
@@ -152,7 +150,8 @@ class Settings:
 # --------------------------------------------------------------------------------------------
 
 
-def load_settings(conf_dir: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
+def load_settings(conf_dir: str | Path | None = None,
+                  environ: dict[str, str] | None = None) -> Settings:
     """Load conf/base, then conf/local, then environment variables, and validate.
 
     ``conf_dir`` defaults to ``$HEALTHLAKE_CONF_DIR`` or ``<project>/conf``.
@@ -224,7 +223,8 @@ def _merge(into: dict[str, Any], new: dict[str, Any], origins: dict[str, str], s
            prefix: str) -> None:
     for key, value in new.items():
         if not isinstance(key, str):
-            raise ConfigError(f"{source}: key {key!r} under {prefix or 'the top level'} is not text")
+            where = prefix or "the top level"
+            raise ConfigError(f"{source}: key {key!r} under {where} is not text")
         dotted = f"{prefix}{key}"
         src = source
         if isinstance(value, _EnvValue):
@@ -366,8 +366,9 @@ def validate(settings: Settings) -> Settings:
         if "." not in name or not layer:
             _fail(f"tables.{name}", settings.origins, "table names are '<layer>.<table>'")
         if spec.zone not in settings.paths.zones:
+            zones = ", ".join(settings.paths.zones)
             _fail(f"tables.{name}.zone", settings.origins,
-                  f"zone {spec.zone!r} is not one of paths.zones ({', '.join(settings.paths.zones)})")
+                  f"zone {spec.zone!r} is not one of paths.zones ({zones})")
     for name, ref in settings.secrets.items():
         if not (ref.env or ref.file):
             _fail(f"secrets.{name}", settings.origins, "a secret needs 'env' or 'file'")
