@@ -1,0 +1,1 @@
+"""Bronze ingest: contracts -> readers -> bronze, quarantine and ops.ingest_log."""

@@ -1,0 +1,342 @@
+"""Bronze ingest of one extract date: landing -> bronze.<feed>, quarantine.<feed>, ops.ingest_log.
+
+The plan (which files, duplicates, missing ones) is made on the driver; the files are read in
+Spark tasks by the pure reader (:mod:`jobs.ingest.readers`) through ``mapInArrow``, so a cluster
+reads them in parallel. Every table is then written with one atomic Delta commit that replaces
+the extract date's partition: re-running a day gives identical tables, and a run killed half-way
+leaves each table either before or after its commit, never in between. ``ops.ingest_log`` is
+written last and says which files a day's run completed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict
+
+import pyarrow as pa
+
+from jobs.config import Settings
+from jobs.contracts import load_contracts
+from jobs.ingest.plan import DayPlan, load_institutions, mark_duplicates_of_loaded, plan_day
+from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
+from jobs.lake import read_table, table_exists, write_table
+
+log = logging.getLogger(__name__)
+
+LINEAGE = ["extract_date", "institution_id", "tier", "source_profile", "source_file",
+           "source_line", "source_sha256", "ingest_id"]
+
+READ_SCHEMA = pa.schema([
+    ("kind", pa.string()),            # bronze | quarantine | file
+    ("feed", pa.string()),
+    ("extract_date", pa.string()),
+    ("institution_id", pa.string()),
+    ("tier", pa.string()),
+    ("source_profile", pa.string()),
+    ("source_file", pa.string()),
+    ("source_line", pa.int32()),
+    ("source_sha256", pa.string()),
+    ("ingest_id", pa.string()),
+    ("values", pa.map_(pa.string(), pa.string())),
+    ("extra_columns", pa.map_(pa.string(), pa.string())),
+    ("rule_id", pa.string()),
+    ("scope", pa.string()),
+    ("message", pa.string()),
+    ("raw_text", pa.string()),
+    ("rows_in", pa.int64()),
+    ("rows_loaded", pa.int64()),
+    ("rows_quarantined", pa.int64()),
+    ("status", pa.string()),
+    ("unknown_columns", pa.string()),
+    ("missing_optional_columns", pa.string()),
+    ("n_bytes", pa.int64()),
+    ("read_ms", pa.int64()),
+])
+
+INGEST_LOG_COLUMNS = [
+    "extract_date", "institution_id", "tier", "feed", "source_file", "sha256", "n_bytes",
+    "manifest_rows", "rows_in", "rows_loaded", "rows_quarantined", "status", "rule_id", "message",
+    "duplicate_of", "unknown_columns", "missing_optional_columns", "read_ms", "run_id",
+    "ingested_at",
+]
+INGEST_LOG_DDL = (
+    "extract_date date, institution_id string, tier string, feed string, source_file string, "
+    "sha256 string, n_bytes long, manifest_rows long, rows_in long, rows_loaded long, "
+    "rows_quarantined long, status string, rule_id string, message string, duplicate_of string, "
+    "unknown_columns string, missing_optional_columns string, read_ms long, run_id string, "
+    "ingested_at timestamp")
+QUARANTINE_DDL = (
+    "extract_date date, institution_id string, tier string, source_profile string, "
+    "source_file string, source_line int, source_sha256 string, ingest_id string, "
+    "rule_id string, scope string, message string, raw_text string")
+
+
+class ReconciliationError(RuntimeError):
+    """Rows in != rows loaded + rows quarantined for some file: the run must not pass."""
+
+
+def ingest_id_of(extract_date: str, source_file: str, sha256: str) -> str:
+    """Deterministic id of one load of one file: identical on every re-run."""
+    return hashlib.sha256(f"{extract_date}|{source_file}|{sha256}".encode()).hexdigest()[:16]
+
+
+# -- reading in Spark tasks ------------------------------------------------------------------
+
+
+def outcome_to_arrow(f: LandedFile, out: FileOutcome, read_ms: int) -> pa.RecordBatch:
+    """One file's outcome as rows of READ_SCHEMA (bronze rows, quarantine rows, one file row)."""
+    iid = ingest_id_of(f.extract_date, f.source_file, out.sha256)
+    common = {"feed": f.feed, "extract_date": f.extract_date, "institution_id": f.institution_id,
+              "tier": f.tier, "source_profile": f.profile, "source_file": f.source_file,
+              "source_sha256": out.sha256, "ingest_id": iid}
+    n_b = out.rows_loaded
+    n_q = len(out.quarantine)
+    n = n_b + n_q + 1
+    cols: dict[str, list] = {name: [None] * n for name in READ_SCHEMA.names}
+    for k, v in common.items():
+        cols[k] = [v] * n
+    cols["kind"] = ["bronze"] * n_b + ["quarantine"] * n_q + ["file"]
+    if n_b:
+        b = out.bronze
+        names = [c for c in b.column_names if c not in ("extra_columns", "source_line")]
+        pydict = {c: b.column(c).to_pylist() for c in names}
+        cols["values"][:n_b] = [list(zip(names, vals, strict=True))
+                                for vals in zip(*(pydict[c] for c in names), strict=True)]
+        cols["extra_columns"][:n_b] = b.column("extra_columns").to_pylist()
+        cols["source_line"][:n_b] = b.column("source_line").to_pylist()
+    for j, q in enumerate(out.quarantine, start=n_b):
+        cols["source_line"][j] = q["source_line"]
+        for k in ("rule_id", "scope", "message", "raw_text"):
+            cols[k][j] = q[k]
+    last = n - 1
+    cols["rows_in"][last] = out.rows_in
+    cols["rows_loaded"][last] = out.rows_loaded
+    cols["rows_quarantined"][last] = out.rows_quarantined
+    cols["status"][last] = out.status
+    cols["rule_id"][last] = out.file_rule
+    cols["unknown_columns"][last] = ",".join(out.unknown_columns) or None
+    cols["missing_optional_columns"][last] = ",".join(out.missing_optional_columns) or None
+    cols["n_bytes"][last] = out.n_bytes
+    cols["read_ms"][last] = read_ms
+    return pa.RecordBatch.from_pydict(cols, schema=READ_SCHEMA)
+
+
+def read_files_in_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """mapInArrow body: each input row is a LandedFile; yields READ_SCHEMA batches."""
+    contracts = load_contracts()
+    for batch in batches:
+        for task in batch.to_pylist():
+            f = LandedFile(**task)
+            started = time.perf_counter()
+            out = read_landed_file(f, contracts.feed(f.feed), contracts.profiles[f.profile])
+            yield outcome_to_arrow(f, out, int((time.perf_counter() - started) * 1000))
+
+
+def read_files(spark, files: list[LandedFile]):
+    """A DataFrame of READ_SCHEMA for the files, read in parallel Spark tasks."""
+    from pyspark.sql.types import StructType
+
+    rows = [asdict(f) for f in files]
+    task_schema = ("path string, source_file string, feed string, institution_id string, "
+                   "tier string, profile string, extract_date string, manifest_rows long, "
+                   "manifest_sha256 string, listed boolean")
+    n_tasks = max(1, min(len(rows), spark.sparkContext.defaultParallelism * 4))
+    tasks = spark.createDataFrame(rows, task_schema).repartition(n_tasks)
+    schema = StructType.fromDDL(_read_ddl())
+    return tasks.mapInArrow(read_files_in_task, schema)
+
+
+def _read_ddl() -> str:
+    types = {pa.string(): "string", pa.int32(): "int", pa.int64(): "long"}
+    parts = []
+    for fld in READ_SCHEMA:
+        t = "map<string,string>" if pa.types.is_map(fld.type) else types[fld.type]
+        parts.append(f"`{fld.name}` {t}")
+    return ", ".join(parts)
+
+
+# -- pure transforms ----------------------------------------------------------------------------
+
+
+def bronze_rows(read_df, feed: str, columns: list[str]):
+    """The feed's bronze rows: canonical columns as received, extra columns, lineage."""
+    from pyspark.sql import functions as F
+
+    rows = read_df.where((F.col("kind") == "bronze") & (F.col("feed") == feed))
+    return rows.select(
+        *[F.col("values").getItem(c).alias(c) for c in columns],
+        "extra_columns",
+        F.to_date("extract_date").alias("extract_date"),
+        *[c for c in LINEAGE if c != "extract_date"],
+    )
+
+
+def quarantine_rows(read_df, feed: str):
+    from pyspark.sql import functions as F
+
+    rows = read_df.where((F.col("kind") == "quarantine") & (F.col("feed") == feed))
+    return rows.select(
+        F.to_date("extract_date").alias("extract_date"),
+        *[c for c in LINEAGE if c != "extract_date"],
+        "rule_id", "scope", "message", "raw_text")
+
+
+def reconcile(read_df) -> list[dict]:
+    """Per file: rows counted in the file vs bronze rows + quarantined rows actually produced."""
+    from pyspark.sql import functions as F
+
+    produced = read_df.groupBy("source_file").agg(
+        F.sum(F.when(F.col("kind") == "bronze", 1).otherwise(0)).alias("n_bronze"),
+        F.sum(F.when((F.col("kind") == "quarantine") & (F.col("scope") == "row"), 1)
+              .otherwise(0)).alias("n_q_rows"),
+        F.max(F.when(F.col("kind") == "file", F.col("rows_in"))).alias("rows_in"),
+        F.max(F.when(F.col("kind") == "file", F.col("rows_quarantined"))).alias("rows_q"),
+        F.max(F.when(F.col("kind") == "file", F.col("status"))).alias("status"),
+    )
+    bad = produced.where(
+        F.when(F.col("status") == "quarantined", F.col("rows_in") != F.col("rows_q"))
+        .otherwise(F.col("rows_in") != F.col("n_bronze") + F.col("n_q_rows")))
+    return [r.asDict() for r in bad.collect()]
+
+
+# -- the job ----------------------------------------------------------------------------------
+
+
+def run(spark, settings: Settings, extract_date: dt.date) -> dict:
+    """Ingest one extract date into bronze, quarantine and ops.ingest_log."""
+    from pyspark import StorageLevel
+
+    day = extract_date.isoformat()
+    run_id = uuid.uuid4().hex[:12]
+    started = time.perf_counter()
+    contracts = load_contracts()
+    institutions = load_institutions(settings.reference_root)
+    plan = plan_day(settings.landing_root, day, contracts, institutions)
+    superseded = mark_duplicates_of_loaded(plan, _loaded_elsewhere(spark, settings, day))
+
+    to_read = [p.landed for p in plan.to_read()]
+    read_df = None
+    file_stats: dict[str, dict] = {}
+    if to_read:
+        read_df = read_files(spark, to_read).persist(StorageLevel.MEMORY_AND_DISK)
+        file_stats = {r["source_file"]: r.asDict() for r in
+                      read_df.where("kind = 'file'").select(
+                          "source_file", "source_sha256", "rows_in", "rows_loaded",
+                          "rows_quarantined", "status", "rule_id", "unknown_columns",
+                          "missing_optional_columns", "n_bytes", "read_ms").collect()}
+        mismatches = reconcile(read_df)
+        if mismatches:
+            read_df.unpersist()
+            raise ReconciliationError(
+                f"{day}: rows in != loaded + quarantined for {len(mismatches)} file(s): "
+                f"{mismatches[:5]}; nothing was written")
+    for feed, contract in sorted(contracts.feeds.items()):
+        if read_df is not None:
+            bronze = bronze_rows(read_df, feed, contract.column_names)
+            quarantine = quarantine_rows(read_df, feed)
+        else:
+            bronze = _empty(spark, contract.column_names)
+            quarantine = spark.createDataFrame([], QUARANTINE_DDL)
+        where = f"extract_date = DATE'{day}'"
+        write_table(bronze, settings, f"bronze.{feed}", replace_where=where)
+        write_table(quarantine, settings, f"quarantine.{feed}", replace_where=where)
+    if superseded:
+        _remove_superseded(spark, settings, superseded, day)
+    log_df = spark.createDataFrame(
+        _ingest_log_rows(plan, file_stats, run_id), INGEST_LOG_DDL)
+    write_table(log_df, settings, "ops.ingest_log", replace_where=f"extract_date = DATE'{day}'")
+    if read_df is not None:
+        read_df.unpersist()
+    summary = _summary(plan, file_stats, day, time.perf_counter() - started)
+    log.info("ingest %s: %s", day, summary)
+    return summary
+
+
+def _empty(spark, columns: list[str]):
+    ddl = ", ".join(f"`{c}` string" for c in columns)
+    ddl += (", extra_columns map<string,string>, extract_date date, institution_id string, "
+            "tier string, source_profile string, source_file string, source_line int, "
+            "source_sha256 string, ingest_id string")
+    return spark.createDataFrame([], ddl)
+
+
+def _loaded_elsewhere(spark, settings: Settings, day: str) -> dict[str, tuple[str, str]]:
+    """sha256 -> (extract_date, source_file) of the first loaded copy, over other days."""
+    if not table_exists(spark, settings, "ops.ingest_log"):
+        return {}
+    rows = (read_table(spark, settings, "ops.ingest_log")
+            .where(f"status IN ('loaded', 'quarantined') AND extract_date <> DATE'{day}'")
+            .select("sha256", "extract_date", "source_file").collect())
+    out: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        key = (r["extract_date"].isoformat(), r["source_file"])
+        if r["sha256"] not in out or key < out[r["sha256"]]:
+            out[r["sha256"]] = key
+    return out
+
+
+def _remove_superseded(spark, settings: Settings, shas: list[str], day: str) -> None:
+    """Days ran out of order: a later day loaded a copy of a file this day holds. Remove it."""
+    from delta.tables import DeltaTable
+
+    sha_list = ", ".join(f"'{s}'" for s in sorted(set(shas)))
+    cond = f"source_sha256 IN ({sha_list}) AND extract_date > DATE'{day}'"
+    for name in settings.tables:
+        if name.startswith(("bronze.", "quarantine.")) and table_exists(spark, settings, name):
+            DeltaTable.forPath(spark, str(settings.table_path(name))).delete(cond)
+    DeltaTable.forPath(spark, str(settings.table_path("ops.ingest_log"))).update(
+        condition=f"sha256 IN ({sha_list}) AND extract_date > DATE'{day}'",
+        set={"status": "'duplicate'", "rows_loaded": "0", "rows_quarantined": "0",
+             "message": f"'superseded: the same file was delivered earlier, for {day}'"})
+    log.warning("%s: %d file(s) loaded on later days were earlier deliveries; moved to %s",
+                day, len(set(shas)), day)
+
+
+def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str) -> list[tuple]:
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    out = []
+    for p in plan.files:
+        f = p.landed
+        s = stats.get(f.source_file, {})
+        rows_in = s.get("rows_in")
+        row = {
+            "extract_date": dt.date.fromisoformat(plan.extract_date),
+            "institution_id": f.institution_id, "tier": f.tier, "feed": f.feed or None,
+            "source_file": f.source_file, "sha256": p.sha256, "n_bytes": p.n_bytes,
+            "manifest_rows": f.manifest_rows, "rows_in": rows_in,
+            "rows_loaded": s.get("rows_loaded", 0 if p.status != "missing" else None),
+            "rows_quarantined": s.get("rows_quarantined", 0 if p.status != "missing" else None),
+            "status": s.get("status", p.status), "rule_id": s.get("rule_id"),
+            "message": p.message or None, "duplicate_of": p.duplicate_of,
+            "unknown_columns": s.get("unknown_columns"),
+            "missing_optional_columns": s.get("missing_optional_columns"),
+            "read_ms": s.get("read_ms"), "run_id": run_id, "ingested_at": now,
+        }
+        out.append(tuple(row[c] for c in INGEST_LOG_COLUMNS))
+    return out
+
+
+def _summary(plan: DayPlan, stats: dict[str, dict], day: str, seconds: float) -> dict:
+    by_status: dict[str, int] = {}
+    for p in plan.files:
+        st = stats.get(p.landed.source_file, {}).get("status", p.status)
+        by_status[st] = by_status.get(st, 0) + 1
+    rows_in = sum(s["rows_in"] or 0 for s in stats.values())
+    loaded = sum(s["rows_loaded"] or 0 for s in stats.values())
+    quarantined = sum(s["rows_quarantined"] or 0 for s in stats.values())
+    return {
+        "extract_date": day,
+        "institutions": len(plan.institutions),
+        "files": len(plan.files),
+        "files_by_status": dict(sorted(by_status.items())),
+        "rows_in": rows_in,
+        "rows_loaded": loaded,
+        "rows_quarantined": quarantined,
+        "reconciled": rows_in == loaded + quarantined,
+        "seconds": round(seconds, 1),
+    }
