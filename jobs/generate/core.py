@@ -39,7 +39,6 @@ from jobs.generate.feeds import (
     survey_row,
 )
 from jobs.generate.params import (
-    FILE_FAULT_KINDS,
     INSTITUTION_FAULT_KINDS,
     ROW_FAULT_KINDS,
     GeneratorParams,
@@ -47,7 +46,13 @@ from jobs.generate.params import (
 )
 from jobs.generate.population import build_population, true_population
 from jobs.generate.registry import build_registrations
-from jobs.generate.writers import apply_row_fault, format_frame, gzip_bytes, manifest_bytes, serialise
+from jobs.generate.writers import (
+    apply_row_fault,
+    format_frame,
+    gzip_bytes,
+    manifest_bytes,
+    serialise,
+)
 
 DAILY_FEEDS = ("resident_registry", "encounters", "lab_results", "referrals", "chronic_followups")
 SURVEY = "institution_survey"

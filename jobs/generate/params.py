@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, fields
-from typing import Any
 
 from jobs.config import ConfigError, Settings, build_dataclass
 from jobs.contracts import load_contracts
@@ -305,7 +304,8 @@ def load_params(settings: Settings) -> tuple[CityParams, GeneratorParams]:
     _require(abs(sum(pop.broad_band_shares.values()) - 1) < 0.01,
              "city.population.broad_band_shares", o, "shares must add up to 1")
     _require(set(pop.birthplace_shares) == set(pop.birthplace_codes),
-             "city.population.birthplace_shares", o, "must name the same groups as birthplace_codes")
+             "city.population.birthplace_shares", o,
+             "must name the same groups as birthplace_codes")
     _require(set(city.institutions.tiers) == set(TIERS), "city.institutions.tiers", o,
              f"must be exactly {list(TIERS)}")
     for tier, mix in city.institutions.profiles.items():
@@ -323,8 +323,8 @@ def load_params(settings: Settings) -> tuple[CityParams, GeneratorParams]:
         _ = gen.start
     except ValueError:
         _require(False, "generator.start_date", o, f"not an ISO date: {gen.start_date!r}")
-    _shares([getattr(gen.faults.row_rates, k) for k in ROW_FAULT_KINDS], "generator.faults.row_rates",
-            o)
+    _shares([getattr(gen.faults.row_rates, k) for k in ROW_FAULT_KINDS],
+            "generator.faults.row_rates", o)
     _shares([getattr(gen.faults.file_rates, k) for k in FILE_FAULT_KINDS],
             "generator.faults.file_rates", o)
     _require(set(gen.faults.renamed_columns) <= profiles, "generator.faults.renamed_columns", o,
