@@ -82,6 +82,34 @@ def cmd_deliver_late(settings: Settings, args: argparse.Namespace) -> dict:
     return {"date": args.date, "moved": [str(p) for p in moved]}
 
 
+def _days(args: argparse.Namespace) -> list[dt.date]:
+    until = args.until or args.date
+    if until < args.date:
+        raise ConfigError(f"--until {until} is before --date {args.date}")
+    return [args.date + dt.timedelta(days=i) for i in range((until - args.date).days + 1)]
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.ingest import job
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-ingest")
+    return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
+
+
+def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.ingest import report
+    from jobs.spark import get_spark
+
+    rows = report.run(get_spark(settings, app_name="healthlake-quarantine"), settings,
+                      date_from=args.date, date_to=args.until or args.date,
+                      institution=args.institution, rule=args.rule, feed=args.feed)
+    if not rows:
+        return {"quarantine": "nothing rejected for this selection"}
+    return {f"{r['extract_date']} {r['institution_id']} {r['feed']} {r['rule_id']}":
+            f"{r['n_rows']} row(s) ({r['scope']}), e.g. {r['example']}" for r in rows}
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import demo
 
@@ -94,6 +122,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "check": (cmd_check, "write and read back a Delta table with the configured Spark session"),
     "generate": (cmd_generate, "generate a synthetic city's daily extracts into the landing zone"),
     "deliver-late": (cmd_deliver_late, "move a late institution's held-back files into landing"),
+    "ingest": (cmd_ingest, "load landed files of a day (or range) into bronze and quarantine"),
+    "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 
@@ -115,6 +145,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, help="random seed (default: conf)")
         if name == "deliver-late":
             p.add_argument("--date", type=_date, required=True)
+        if name == "ingest":
+            p.add_argument("--date", type=_date, required=True, help="extract date (local)")
+            p.add_argument("--until", type=_date, help="last extract date of a range")
+        if name == "quarantine":
+            p.add_argument("--date", type=_date, help="first extract date")
+            p.add_argument("--until", type=_date, help="last extract date")
+            p.add_argument("--institution")
+            p.add_argument("--rule", help="rule id, e.g. R_FORM or F_CHECKSUM")
+            p.add_argument("--feed")
     return parser
 
 

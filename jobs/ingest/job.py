@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
@@ -217,7 +217,8 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     contracts = load_contracts()
     institutions = load_institutions(settings.reference_root)
     plan = plan_day(settings.landing_root, day, contracts, institutions)
-    superseded = mark_duplicates_of_loaded(plan, _loaded_elsewhere(spark, settings, day))
+    history = _ingest_history(spark, settings, day)
+    superseded = mark_duplicates_of_loaded(plan, history.loaded_elsewhere)
 
     to_read = [p.landed for p in plan.to_read()]
     read_df = None
@@ -226,7 +227,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
         read_df = read_files(spark, to_read).persist(StorageLevel.MEMORY_AND_DISK)
         file_stats = {r["source_file"]: r.asDict() for r in
                       read_df.where("kind = 'file'").select(
-                          "source_file", "source_sha256", "rows_in", "rows_loaded",
+                          "source_file", "feed", "source_sha256", "rows_in", "rows_loaded",
                           "rows_quarantined", "status", "rule_id", "unknown_columns",
                           "missing_optional_columns", "n_bytes", "read_ms").collect()}
         mismatches = reconcile(read_df)
@@ -235,16 +236,18 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
             raise ReconciliationError(
                 f"{day}: rows in != loaded + quarantined for {len(mismatches)} file(s): "
                 f"{mismatches[:5]}; nothing was written")
+    where = f"extract_date = DATE'{day}'"
     for feed, contract in sorted(contracts.feeds.items()):
-        if read_df is not None:
-            bronze = bronze_rows(read_df, feed, contract.column_names)
-            quarantine = quarantine_rows(read_df, feed)
-        else:
-            bronze = _empty(spark, contract.column_names)
-            quarantine = spark.createDataFrame([], QUARANTINE_DDL)
-        where = f"extract_date = DATE'{day}'"
-        write_table(bronze, settings, f"bronze.{feed}", replace_where=where)
-        write_table(quarantine, settings, f"quarantine.{feed}", replace_where=where)
+        # Only tables that get rows now, or held rows of this day before, need a commit.
+        if _has_rows(file_stats, feed, "rows_loaded") or (feed, "bronze") in history.written:
+            bronze = (bronze_rows(read_df, feed, contract.column_names) if read_df is not None
+                      else _empty(spark, contract.column_names))
+            write_table(bronze, settings, f"bronze.{feed}", replace_where=where)
+        if _has_rows(file_stats, feed, "rows_quarantined") or \
+                (feed, "quarantine") in history.written:
+            quarantine = (quarantine_rows(read_df, feed) if read_df is not None
+                          else spark.createDataFrame([], QUARANTINE_DDL))
+            write_table(quarantine, settings, f"quarantine.{feed}", replace_where=where)
     if superseded:
         _remove_superseded(spark, settings, superseded, day)
     log_df = spark.createDataFrame(
@@ -265,19 +268,39 @@ def _empty(spark, columns: list[str]):
     return spark.createDataFrame([], ddl)
 
 
-def _loaded_elsewhere(spark, settings: Settings, day: str) -> dict[str, tuple[str, str]]:
-    """sha256 -> (extract_date, source_file) of the first loaded copy, over other days."""
+def _has_rows(stats: dict[str, dict], feed: str, column: str) -> bool:
+    return any(s["feed"] == feed and (s[column] or 0) > 0 for s in stats.values())
+
+
+@dataclass
+class _History:
+    """What ops.ingest_log says about earlier runs."""
+
+    # sha256 -> (extract_date, source_file) of the first loaded copy, over other days
+    loaded_elsewhere: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # (feed, "bronze" | "quarantine") that held rows of this day after the previous run
+    written: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _ingest_history(spark, settings: Settings, day: str) -> _History:
+    history = _History()
     if not table_exists(spark, settings, "ops.ingest_log"):
-        return {}
+        return history
     rows = (read_table(spark, settings, "ops.ingest_log")
-            .where(f"status IN ('loaded', 'quarantined') AND extract_date <> DATE'{day}'")
-            .select("sha256", "extract_date", "source_file").collect())
-    out: dict[str, tuple[str, str]] = {}
+            .where("status IN ('loaded', 'quarantined')")
+            .select("sha256", "extract_date", "source_file", "feed", "rows_loaded",
+                    "rows_quarantined").collect())
     for r in rows:
         key = (r["extract_date"].isoformat(), r["source_file"])
-        if r["sha256"] not in out or key < out[r["sha256"]]:
-            out[r["sha256"]] = key
-    return out
+        if key[0] == day:
+            if r["rows_loaded"]:
+                history.written.add((r["feed"], "bronze"))
+            if r["rows_quarantined"]:
+                history.written.add((r["feed"], "quarantine"))
+        elif r["sha256"] not in history.loaded_elsewhere or \
+                key < history.loaded_elsewhere[r["sha256"]]:
+            history.loaded_elsewhere[r["sha256"]] = key
+    return history
 
 
 def _remove_superseded(spark, settings: Settings, shas: list[str], day: str) -> None:

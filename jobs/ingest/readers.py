@@ -422,11 +422,9 @@ def _form_failures(columns: dict[str, pa.Array], contract: FeedContract, profile
 
 def _bad_form(arr: pa.Array, form: str, values: list[str], profile: SourceProfile):
     if form == "date":
-        return pc.is_null(pc.strptime(arr, format=profile.date_format, unit="s",
-                                      error_is_null=True))
+        return _bad_datetime(arr, profile.date_format)
     if form == "timestamp":
-        return pc.is_null(pc.strptime(arr, format=profile.timestamp_format, unit="s",
-                                      error_is_null=True))
+        return _bad_datetime(arr, profile.timestamp_format)
     if form == "sex":
         return pc.invert(pc.is_in(arr, pa.array(list(profile.sex_codes), pa.string())))
     if form == "enum":
@@ -440,6 +438,14 @@ def _bad_form(arr: pa.Array, form: str, values: list[str], profile: SourceProfil
     if form in FORM_PATTERNS:
         return pc.invert(pc.match_substring_regex(arr, FORM_PATTERNS[form].pattern))
     return None
+
+
+def _bad_datetime(arr: pa.Array, fmt: str):
+    """Not parseable with ``fmt``, or not a real calendar value (2024-02-30 parses as 03-01:
+    formatting the parsed value back must give the text that was sent)."""
+    parsed = pc.strptime(arr, format=fmt, unit="s", error_is_null=True)
+    round_trip = pc.strftime(parsed, format=fmt)
+    return pc.fill_null(pc.not_equal(round_trip, arr), True)
 
 
 def _form_text(c, profile: SourceProfile) -> str:
