@@ -219,6 +219,7 @@ class DayOutput:
     faults: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     files: int = 0
     rows: Counter = dataclasses.field(default_factory=Counter)
+    seconds: Counter = dataclasses.field(default_factory=Counter)  # per feed, and "generate"
 
 
 def _fault(kind: str, day: dt.date, inst_id: str, feed: str | None, file: str | None,
@@ -243,17 +244,20 @@ def write_institution_day(world: World, inst: int, day: dt.date, plan: FaultPlan
     profile = contracts.profiles[pname]
     gz = row["compression"] == "gzip"
     activity_day = day - dt.timedelta(days=gen.activity_lag_days)
+    t0 = time.perf_counter()
     frames = {"resident_registry": registry_rows(world, inst, day, activity_day,
                                                  _rng(seed, day, inst, 1))}
     frames.update(clinical_rows(world, inst, activity_day, _rng(seed, day, inst, 2)))
     if is_survey_day(day, world.start):
         frames[SURVEY] = survey_row(world, inst, day, seed)
+    out.seconds["generate"] += time.perf_counter() - t0
     folder.mkdir(parents=True, exist_ok=True)
     created = dt.datetime.fromisoformat(gen.output.xlsx_created)
     manifest_files: list[dict[str, Any]] = []
     written: dict[str, tuple[bytes, str, pd.DataFrame]] = {}
 
     for f_idx, (feed, frame) in enumerate(frames.items()):
+        t_feed = time.perf_counter()
         contract = contracts.feed(feed)
         headers = list(contract.source_columns(pname).values())
         cols = format_frame(frame, contract, profile, gen.output.boolean_codes[pname])
@@ -323,6 +327,7 @@ def write_institution_day(world: World, inst: int, day: dt.date, plan: FaultPlan
             out.faults.append(_fault(file_fault, day, inst_id, feed, fname, None, None, detail))
         out.records.append(records)
         out.rows[feed] += n
+        out.seconds[feed] += time.perf_counter() - t_feed
 
     # Extra files: yesterday's file again (listed), a backup copy (not listed).
     if (day, inst) in plan.redelivered:
@@ -386,7 +391,9 @@ def build_world(settings: Settings, residents: int, start: dt.date, seed: int
         insts["institution_id"].to_numpy()[prim["inst"].to_numpy()])
     world = World(persons=persons, institutions=insts, registrations=reg, reg_offsets=offsets,
                   params=gen, start=start,
-                  daily_visits=residents * gen.activity.visits_per_resident_year / 365.0)
+                  daily_visits=residents * gen.activity.visits_per_resident_year / 365.0,
+                  town_residents={str(k): v.to_numpy() for k, v in
+                                  persons.groupby("town_code").groups.items()})
     return world, areas
 
 
@@ -445,6 +452,7 @@ def generate(settings: Settings, *, residents: int | None = None, full_city: boo
         _write_parquet(faults, truth / "faults" / f"faults_{day}.parquet")
         total.files += out.files
         total.rows.update(out.rows)
+        total.seconds.update(out.seconds)
         total.faults.extend(out.faults)
         for k in [k for k in store if k[0] < day]:
             del store[k]
@@ -457,7 +465,8 @@ def generate(settings: Settings, *, residents: int | None = None, full_city: boo
         "faults": dict(sorted(Counter(f["kind"] for f in total.faults).items())),
         "paths": {"landing": str(landing), "late_deliveries": str(late_root),
                   "ground_truth": str(truth), "reference": str(ref)},
-        "seconds": {"world": round(t_world, 2), "total": round(elapsed, 2)},
+        "seconds": {"world": round(t_world, 2), "total": round(elapsed, 2),
+                    **{k: round(v, 2) for k, v in sorted(total.seconds.items())}},
     }
 
 

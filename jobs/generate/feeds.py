@@ -34,6 +34,7 @@ class World:
     params: GeneratorParams
     start: dt.date
     daily_visits: float                # whole-city visits per day
+    town_residents: dict[str, np.ndarray]  # town code -> person keys living there
 
 
 def _weighted(rng: np.random.Generator, table: dict[str, float], size: int) -> np.ndarray:
@@ -79,8 +80,8 @@ def registry_rows(world: World, inst: int, day: dt.date, activity_day: dt.date,
         n_upd = min(len(regs), rng.poisson(rp.daily_update_share * len(regs)))
         persons = world.persons
         town = world.institutions.at[inst, "town_code"]
-        local = np.flatnonzero(persons["town_code"].to_numpy() == town)
-        pool = local if len(local) else np.arange(len(persons))
+        pool = world.town_residents.get(town)
+        pool = pool if pool is not None and len(pool) else np.arange(len(persons))
         new = pd.DataFrame({"person_key": rng.choice(pool, size=n_new),
                             "inst": inst, "primary": False})
         new["registered_at"] = _times(rng, activity_day, n_new)
