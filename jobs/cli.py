@@ -110,6 +110,12 @@ def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> dict:
             f"{r['n_rows']} row(s) ({r['scope']}), e.g. {r['example']}" for r in rows}
 
 
+def cmd_dictionary(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs import dictionary
+
+    return {"written": dictionary.write()}
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import demo
 
@@ -124,6 +130,7 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "deliver-late": (cmd_deliver_late, "move a late institution's held-back files into landing"),
     "ingest": (cmd_ingest, "load landed files of a day (or range) into bronze and quarantine"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
+    "dictionary": (cmd_dictionary, "regenerate docs/data-dictionary.md from schemas/"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 

@@ -220,3 +220,10 @@ def test_file_level_rejections(tmp_path, case):
     assert out.bronze is None and len(out.quarantine) == 1
     assert out.quarantine[0]["scope"] == "file"
     assert out.rows_in == (0 if case == "empty" else 4)
+
+
+def test_data_dictionary_is_current():
+    from jobs.dictionary import DEFAULT_OUTPUT, render
+
+    assert DEFAULT_OUTPUT.read_text(encoding="utf-8") == render(C), \
+        "docs/data-dictionary.md is stale: run `healthlake dictionary`"

@@ -239,12 +239,11 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     where = f"extract_date = DATE'{day}'"
     for feed, contract in sorted(contracts.feeds.items()):
         # Only tables that get rows now, or held rows of this day before, need a commit.
-        if _has_rows(file_stats, feed, "rows_loaded") or (feed, "bronze") in history.written:
+        if _feed_has(file_stats, feed, "bronze") or (feed, "bronze") in history.written:
             bronze = (bronze_rows(read_df, feed, contract.column_names) if read_df is not None
                       else _empty(spark, contract.column_names))
             write_table(bronze, settings, f"bronze.{feed}", replace_where=where)
-        if _has_rows(file_stats, feed, "rows_quarantined") or \
-                (feed, "quarantine") in history.written:
+        if _feed_has(file_stats, feed, "quarantine") or (feed, "quarantine") in history.written:
             quarantine = (quarantine_rows(read_df, feed) if read_df is not None
                           else spark.createDataFrame([], QUARANTINE_DDL))
             write_table(quarantine, settings, f"quarantine.{feed}", replace_where=where)
@@ -268,8 +267,15 @@ def _empty(spark, columns: list[str]):
     return spark.createDataFrame([], ddl)
 
 
-def _has_rows(stats: dict[str, dict], feed: str, column: str) -> bool:
-    return any(s["feed"] == feed and (s[column] or 0) > 0 for s in stats.values())
+def _feed_has(stats: dict[str, dict], feed: str, table: str) -> bool:
+    """Whether this run puts anything in the feed's bronze or quarantine table."""
+    return any(s["feed"] == feed and _file_has(s, table) for s in stats.values())
+
+
+def _file_has(s: dict, table: str) -> bool:
+    if table == "bronze":
+        return (s["rows_loaded"] or 0) > 0
+    return s["status"] == "quarantined" or (s["rows_quarantined"] or 0) > 0
 
 
 @dataclass
@@ -289,14 +295,13 @@ def _ingest_history(spark, settings: Settings, day: str) -> _History:
     rows = (read_table(spark, settings, "ops.ingest_log")
             .where("status IN ('loaded', 'quarantined')")
             .select("sha256", "extract_date", "source_file", "feed", "rows_loaded",
-                    "rows_quarantined").collect())
+                    "rows_quarantined", "status").collect())
     for r in rows:
         key = (r["extract_date"].isoformat(), r["source_file"])
         if key[0] == day:
-            if r["rows_loaded"]:
-                history.written.add((r["feed"], "bronze"))
-            if r["rows_quarantined"]:
-                history.written.add((r["feed"], "quarantine"))
+            for table in ("bronze", "quarantine"):
+                if _file_has(r.asDict(), table):
+                    history.written.add((r["feed"], table))
         elif r["sha256"] not in history.loaded_elsewhere or \
                 key < history.loaded_elsewhere[r["sha256"]]:
             history.loaded_elsewhere[r["sha256"]] = key

@@ -144,9 +144,15 @@ def _read_manifest(path: Path) -> dict | None:
     return data if isinstance(data, dict) and isinstance(data.get("files"), list) else None
 
 
+def _may_duplicate(p: PlannedFile) -> bool:
+    """Only listed files with data rows count: header-only files are byte-identical across days
+    and institutions, and an unlisted file is reported as unlisted whatever its bytes."""
+    return p.landed.listed and (p.landed.manifest_rows is None or p.landed.manifest_rows > 0)
+
+
 def _mark_duplicates_within_day(plan: DayPlan) -> None:
     first: dict[str, PlannedFile] = {}
-    for p in sorted(plan.to_read(), key=lambda p: p.key):
+    for p in sorted(filter(_may_duplicate, plan.to_read()), key=lambda p: p.key):
         if p.sha256 in first:
             p.status = "duplicate"
             p.duplicate_of = first[p.sha256].landed.source_file
@@ -163,7 +169,7 @@ def mark_duplicates_of_loaded(plan: DayPlan, loaded: dict[str, tuple[str, str]])
     the job removes those rows from the later day and this day's copy becomes the one loaded.
     """
     superseded = []
-    for p in plan.to_read():
+    for p in filter(_may_duplicate, plan.to_read()):
         other = loaded.get(p.sha256)
         if other is None or other == p.key:
             continue

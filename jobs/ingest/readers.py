@@ -114,6 +114,7 @@ def read_landed_file(f: LandedFile, contract: FeedContract, profile: SourceProfi
         if not data:
             raise _FileRejected("F_EMPTY", f"{f.source_file} is empty (0 bytes)")
         if f.manifest_sha256 and sha != f.manifest_sha256:
+            _decompress(data, f)  # a half-written gzip is the better diagnosis
             rows = _count_lines_safely(data, f, profile)
             raise _FileRejected(
                 "F_CHECKSUM", f"sha256 {sha[:12]}… differs from the manifest's "
@@ -324,18 +325,24 @@ def _parse_xlsx(data: bytes, contract: FeedContract, profile: SourceProfile) -> 
     if not table:
         raise _FileRejected("F_EMPTY", "workbook has no header row")
     header = [("" if h is None else str(h)).strip() for h in table[0]]
-    rows, lines, raws = [], [], []
+    rows, lines, raws, rejected = [], [], [], []
     rows_in = 0
     for i, values in enumerate(table[1:], start=2):  # sheet row numbers; row 1 is the header
         if all(v is None or str(v).strip() == "" for v in values):
             continue
         rows_in += 1
-        fields = [_cell_text(v, profile) for v in values][: len(header)]
+        fields = [_cell_text(v, profile) for v in values]
+        while len(fields) > len(header) and fields[-1] == "":
+            fields.pop()
+        if len(fields) > len(header):
+            rejected.append((i, "R_FIELDS", f"{len(fields)} cells, header has {len(header)}",
+                             "\t".join(fields)))
+            continue
         fields += [""] * (len(header) - len(fields))
         rows.append(fields)
         lines.append(i)
         raws.append("\t".join(fields))
-    return _Parsed(header, rows, lines, raws, [], rows_in)
+    return _Parsed(header, rows, lines, raws, rejected, rows_in)
 
 
 def _cell_text(v, profile: SourceProfile) -> str:
