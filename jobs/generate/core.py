@@ -266,6 +266,9 @@ def write_institution_day(world: World, inst: int, day: dt.date, plan: FaultPlan
         ext = profile.extension + (".gz" if gz else "")
         fname = feed + ext
         keys = frame[contract.key[0]].astype(str).to_numpy(object)
+        # Ground-truth lines are the file's own: physical line (CSV, JSONL) or sheet row (XLSX),
+        # so the header, where there is one, is line 1 - as bronze's source_line.
+        first_line = 1 if profile.format == "jsonl" else 2
 
         # Malformed rows (not in files that are damaged as a whole).
         line_faults: dict[int, str] = {}
@@ -282,7 +285,8 @@ def write_institution_day(world: World, inst: int, day: dt.date, plan: FaultPlan
                     line_faults[free[int(rng.integers(0, len(free)))]] = forced
         for i, kind in sorted(line_faults.items()):
             detail = apply_row_fault(cols, i, kind, contract, profile, pname)
-            out.faults.append(_fault(kind, day, inst_id, feed, fname, i + 1, keys[i], detail))
+            out.faults.append(_fault(kind, day, inst_id, feed, fname, i + first_line, keys[i],
+                                     detail))
 
         # Serialise; some file faults change how.
         detail = ""
@@ -303,7 +307,8 @@ def write_institution_day(world: World, inst: int, day: dt.date, plan: FaultPlan
                                "bytes": len(data)})
         records = pd.DataFrame({
             "extract_date": day.isoformat(), "institution_id": inst_id, "feed": feed,
-            "file": fname, "line": np.arange(1, n + 1, dtype=np.int64), "record_key": keys,
+            "file": fname, "line": np.arange(first_line, n + first_line, dtype=np.int64),
+            "record_key": keys,
             "person_key": pd.array(frame["_person_key"].to_numpy(), dtype="Int64"),
             "variations": frame["_variations"].fillna("").astype(str).to_numpy(object),
             "row_fault": pd.Series([line_faults.get(i) for i in range(n)], dtype=object),
