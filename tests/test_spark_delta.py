@@ -27,7 +27,8 @@ def test_smoke_check_round_trips_a_delta_table(spark, settings):
     assert (settings.table_path("ops.smoke_check") / "_delta_log").is_dir()
 
 
-def test_replace_where_rewrites_one_partition_only(spark, settings):
+def test_replace_where_rewrites_one_partition_only(spark, tmp_path):
+    settings = make_settings(tmp_path)  # its own lake: ops.ingest_log gets a toy schema here
     schema = "extract_date string, file string, n_rows int"
     day1 = spark.createDataFrame([("2024-04-15", "a.csv", 3), ("2024-04-15", "b.csv", 4)], schema)
     day2 = spark.createDataFrame([("2024-04-16", "c.csv", 5)], schema)
@@ -42,7 +43,8 @@ def test_replace_where_rewrites_one_partition_only(spark, settings):
     assert (settings.table_path("ops.ingest_log") / "extract_date=2024-04-16").is_dir()
 
 
-def test_reading_a_table_never_written_is_a_clear_error(spark, settings):
+def test_reading_a_table_never_written_is_a_clear_error(spark, tmp_path):
+    settings = make_settings(tmp_path)
     assert not table_exists(spark, settings, "bronze.referrals")
     with pytest.raises(FileNotFoundError, match="bronze.referrals has not been written"):
         read_table(spark, settings, "bronze.referrals")

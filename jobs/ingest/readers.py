@@ -35,7 +35,9 @@ CANDIDATE_ENCODINGS = ("utf-8-sig", "gb18030", "utf-16")
 FULLWIDTH = str.maketrans("０１２３４５６７８９ｘＸ", "0123456789xX")
 
 FORM_PATTERNS = {
-    "id_number": re.compile(r"^(\d{15}|\d{17}[\dXx])$"),
+    # Loose on purpose: a mistyped number (check character moved, digits swapped) is still a
+    # resident's record; silver validates the check character and flags it, bronze keeps it.
+    "id_number": re.compile(r"^[0-9Xx]{15,18}$"),
     "phone": re.compile(r"^\+?\d[\d\- ]{5,18}\d$"),
     "area_code": re.compile(r"^\d{6}(\d{3}(\d{3})?)?$"),
     "icd10": re.compile(r"^[A-Z]\d{2}(\.[0-9A-Za-z]{1,4})?$"),
@@ -111,6 +113,13 @@ def read_landed_file(f: LandedFile, contract: FeedContract, profile: SourceProfi
     sha = hashlib.sha256(data).hexdigest()
     out = FileOutcome(bronze=None, sha256=sha, n_bytes=len(data))
     try:
+        if not data and _empty_as_promised(f, sha):
+            out.rows_in = 0  # an institution with nothing to send may send an empty file
+            out.bronze = pa.table({c: pa.array([], pa.string()) for c in contract.column_names}
+                                  | {"extra_columns": pa.array([], pa.map_(pa.string(),
+                                                                            pa.string())),
+                                     "source_line": pa.array([], pa.int32())})
+            return out
         if not data:
             raise _FileRejected("F_EMPTY", f"{f.source_file} is empty (0 bytes)")
         if f.manifest_sha256 and sha != f.manifest_sha256:
@@ -134,6 +143,10 @@ def read_landed_file(f: LandedFile, contract: FeedContract, profile: SourceProfi
         out.bronze = None
         out.quarantine = [_qrow(f, sha, None, rej.rule_id, rej.message, rej.raw or _head(data))]
     return out
+
+
+def _empty_as_promised(f: LandedFile, sha: str) -> bool:
+    return f.listed and f.manifest_rows == 0 and f.manifest_sha256 in (None, sha)
 
 
 def _qrow(f: LandedFile, sha: str, line: int | None, rule_id: str, message: str, raw: str) -> dict:
@@ -231,7 +244,7 @@ def _parse(data: bytes, f: LandedFile, contract: FeedContract, profile: SourcePr
     if profile.format == "xlsx":
         return _parse_xlsx(data, contract, profile)
     raw = _decompress(data, f)
-    if not raw.strip():
+    if not raw.strip() and not (profile.format == "jsonl" and f.manifest_rows == 0):
         raise _FileRejected("F_EMPTY", f"{f.source_file} holds no data after decompression")
     numbered, bad = _decode_lines(raw, f, profile, expected)
     if profile.format == "jsonl":
@@ -325,6 +338,8 @@ def _parse_xlsx(data: bytes, contract: FeedContract, profile: SourceProfile) -> 
     if not table:
         raise _FileRejected("F_EMPTY", "workbook has no header row")
     header = [("" if h is None else str(h)).strip() for h in table[0]]
+    while header and header[-1] == "":
+        header.pop()  # read-only sheets pad every row to the sheet's widest row
     rows, lines, raws, rejected = [], [], [], []
     rows_in = 0
     for i, values in enumerate(table[1:], start=2):  # sheet row numbers; row 1 is the header
@@ -369,6 +384,8 @@ def _canonicalise(p: _Parsed, f: LandedFile, contract: FeedContract, profile: So
     missing = [c for c in contract.columns if mapping[c.name] not in present]
     unknown = [h for h in p.header if h not in set(mapping.values())]
     missing_required = [c for c in missing if c.required]
+    if not p.header and p.rows_in == 0:
+        missing = missing_required = []  # an empty JSON Lines file names no columns at all
     if missing_required or (missing and unknown):
         names = ", ".join(f"'{mapping[c.name]}' ({c.name})" for c in missing)
         hint = f"; unknown column(s) {', '.join(repr(u) for u in unknown)} present - renamed?" \
@@ -462,7 +479,7 @@ def _form_text(c, profile: SourceProfile) -> str:
         "sex": f"a sex code of this source ({', '.join(profile.sex_codes)})",
         "enum": f"one of {', '.join(c.values)}",
         "boolean": "a yes/no value",
-        "id_number": "an identity number (15 digits, or 17 digits and a check character)",
+        "id_number": "an identity number (15 to 18 digits or X)",
         "phone": "a phone number",
         "area_code": "an area code of 6, 9 or 12 digits",
         "icd10": "an ICD-10 code",
