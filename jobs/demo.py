@@ -7,6 +7,7 @@ configuration and prints what happened and where to look.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import time
 
 from jobs.config import Settings
@@ -15,8 +16,11 @@ from jobs.config import Settings
 def run(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import check
     from jobs.generate import generate
+    from jobs.ingest import job as ingest
+    from jobs.ingest import report
     from jobs.spark import get_spark
 
+    settings.secret("hmac_key")  # the pipeline refuses to run without its key
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     generated = generate(settings, residents=args.residents, full_city=args.full_city,
@@ -24,19 +28,36 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     timings["generate"] = round(time.perf_counter() - t0, 1)
 
     t0 = time.perf_counter()
-    spark = get_spark(settings)
+    spark = get_spark(settings, app_name="healthlake-demo")
     checked = check.run(spark, settings)
     timings["spark_delta_check"] = round(time.perf_counter() - t0, 1)
 
+    t0 = time.perf_counter()
+    days = [dt.date.fromisoformat(d) for d in generated["dates"]]
+    ingested = {d.isoformat(): ingest.run(spark, settings, d) for d in days}
+    quarantine = report.run(spark, settings)
+    timings["ingest"] = round(time.perf_counter() - t0, 1)
+
     return {
-        "generated": generated,
-        "spark_delta_check": checked,
+        "generated": {k: generated[k] for k in ("residents", "institutions", "dates", "files",
+                                                "rows", "faults")},
+        "spark_delta_check": {k: checked[k] for k in ("spark_version", "table", "delta_version")},
+        "bronze ingest (rows in = loaded + quarantined)": {
+            day: f"{r['files']} files, {r['rows_in']} rows in = {r['rows_loaded']} loaded + "
+                 f"{r['rows_quarantined']} quarantined; files {r['files_by_status']}"
+            for day, r in ingested.items()},
+        "quarantine (healthlake quarantine)": {
+            f"{q['extract_date']} {q['institution_id']} {q['feed']} {q['rule_id']}":
+                f"{q['n_rows']} row(s): {q['example'][:100]}" for q in quarantine},
         "seconds": timings,
         "where_to_look": {
             "landing zone": settings.landing_root,
             "ground truth": settings.ground_truth_root,
             "reference data": settings.reference_root,
             "late deliveries (held back)": settings.late_deliveries_root,
-            "lake zones": ", ".join(str(settings.zone_root(z)) for z in settings.paths.zones),
+            "lake": ", ".join(f"{z}: {settings.zone_root(z)}" for z in settings.paths.zones),
+            "tables": ", ".join(sorted(settings.tables)),
+            "try": "healthlake quarantine --rule R_FORM; healthlake deliver-late --date "
+                   f"{days[0]} && healthlake ingest --date {days[0]}",
         },
     }

@@ -227,9 +227,8 @@ def _explain_encoding(raw: bytes, profile: SourceProfile, expected: set[str]) ->
             continue
         if _header_fits(text, profile, expected):
             raise _FileRejected(
-                "F_ENCODING", f"file is encoded as {candidate}, but the contract for profile "
-                f"{profile.format}/{profile.encoding} says {profile.encoding}; not loaded to avoid "
-                "mojibake", _count_plain(raw))
+                "F_ENCODING", f"file is encoded as {candidate}, but its source contract says "
+                f"{profile.encoding}; not loaded, to avoid mojibake", _count_plain(raw))
 
 
 def _count_plain(raw: bytes) -> int:

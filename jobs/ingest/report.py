@@ -16,8 +16,11 @@ def quarantine_summary(quarantine_df, ingest_log_df):
     """
     from pyspark.sql import functions as F
 
+    # a file held back whole counts the rows it holds, or those its manifest promised
     file_rows = ingest_log_df.select(
-        "source_file", F.col("rows_quarantined").alias("file_rows"))
+        "source_file",
+        F.greatest(F.coalesce("rows_quarantined", F.lit(0)),
+                   F.coalesce("manifest_rows", F.lit(0))).alias("file_rows"))
     q = quarantine_df.join(file_rows, "source_file", "left").withColumn(
         "n", F.when(F.col("scope") == "file", F.coalesce("file_rows", F.lit(0))).otherwise(1))
     return (q.groupBy("extract_date", "institution_id", "feed", "rule_id", "scope")
