@@ -227,3 +227,27 @@ def test_data_dictionary_is_current():
 
     assert DEFAULT_OUTPUT.read_text(encoding="utf-8") == render(C), \
         "docs/data-dictionary.md is stale: run `healthlake dictionary`"
+
+
+def test_fast_and_careful_csv_paths_agree(tmp_path, monkeypatch):
+    from jobs.ingest import readers
+
+    rows = [line("township"), line("township", record_id="T2")[:-1],
+            line("township", record_id="T3", birth_date="1980/02/30"),
+            line("township", record_id="T4", sex=""), line("township", record_id="T5")]
+    lines = csv_lines("township", rows)
+    lines[0] += ",微信号"
+    lines[1] += ",wx1"
+    lines[2:] = [ln + "," for ln in lines[2:]]
+    lines[2] = lines[2][:-1]  # short row stays short
+    f = write_text(tmp_path / "resident_registry.csv", "township", lines)
+    fast = read(f, "township", rows=5, sha=sha(f))
+    assert readers._parse_clean_csv(f.read_bytes(), C.profiles["township"],
+                                    set(header("township"))) is not None
+    monkeypatch.setattr(readers, "_parse_clean_csv", lambda *a: None)
+    careful = read(f, "township", rows=5, sha=sha(f))
+    assert fast.quarantine == careful.quarantine
+    assert fast.bronze.equals(careful.bronze)
+    assert [(q["source_line"], q["rule_id"]) for q in fast.quarantine] == [
+        (3, "R_FIELDS"), (4, "R_FORM"), (5, "R_REQUIRED")]
+    assert fast.bronze.to_pylist()[0]["extra_columns"] == [("微信号", "wx1")]

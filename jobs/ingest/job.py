@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
 import pyarrow as pa
 
 from jobs.config import Settings
@@ -90,41 +91,53 @@ def ingest_id_of(extract_date: str, source_file: str, sha256: str) -> str:
 
 
 def outcome_to_arrow(f: LandedFile, out: FileOutcome, read_ms: int) -> pa.RecordBatch:
-    """One file's outcome as rows of READ_SCHEMA (bronze rows, quarantine rows, one file row)."""
+    """One file's outcome as rows of READ_SCHEMA: its bronze rows (built columnar, as millions
+    of rows pass here), then its quarantine rows, then one file row with the counts."""
     iid = ingest_id_of(f.extract_date, f.source_file, out.sha256)
     common = {"feed": f.feed, "extract_date": f.extract_date, "institution_id": f.institution_id,
               "tier": f.tier, "source_profile": f.profile, "source_file": f.source_file,
               "source_sha256": out.sha256, "ingest_id": iid}
     n_b = out.rows_loaded
-    n_q = len(out.quarantine)
-    n = n_b + n_q + 1
-    cols: dict[str, list] = {name: [None] * n for name in READ_SCHEMA.names}
+    small: dict[str, list] = {name: [] for name in READ_SCHEMA.names}  # quarantine + file rows
+    for q in out.quarantine:
+        for name in small:
+            small[name].append(q.get(name))
+    small["kind"] = ["quarantine"] * len(out.quarantine)
+    file_row = {
+        "kind": "file", "rows_in": out.rows_in, "rows_loaded": out.rows_loaded,
+        "rows_quarantined": out.rows_quarantined, "status": out.status,
+        "rule_id": out.file_rule, "unknown_columns": ",".join(out.unknown_columns) or None,
+        "missing_optional_columns": ",".join(out.missing_optional_columns) or None,
+        "n_bytes": out.n_bytes, "read_ms": read_ms}
+    for name in small:
+        small[name].append(file_row.get(name))
+    n_small = len(small["kind"])
     for k, v in common.items():
-        cols[k] = [v] * n
-    cols["kind"] = ["bronze"] * n_b + ["quarantine"] * n_q + ["file"]
-    if n_b:
-        b = out.bronze
-        names = [c for c in b.column_names if c not in ("extra_columns", "source_line")]
-        pydict = {c: b.column(c).to_pylist() for c in names}
-        cols["values"][:n_b] = [list(zip(names, vals, strict=True))
-                                for vals in zip(*(pydict[c] for c in names), strict=True)]
-        cols["extra_columns"][:n_b] = b.column("extra_columns").to_pylist()
-        cols["source_line"][:n_b] = b.column("source_line").to_pylist()
-    for j, q in enumerate(out.quarantine, start=n_b):
-        cols["source_line"][j] = q["source_line"]
-        for k in ("rule_id", "scope", "message", "raw_text"):
-            cols[k][j] = q[k]
-    last = n - 1
-    cols["rows_in"][last] = out.rows_in
-    cols["rows_loaded"][last] = out.rows_loaded
-    cols["rows_quarantined"][last] = out.rows_quarantined
-    cols["status"][last] = out.status
-    cols["rule_id"][last] = out.file_rule
-    cols["unknown_columns"][last] = ",".join(out.unknown_columns) or None
-    cols["missing_optional_columns"][last] = ",".join(out.missing_optional_columns) or None
-    cols["n_bytes"][last] = out.n_bytes
-    cols["read_ms"][last] = read_ms
-    return pa.RecordBatch.from_pydict(cols, schema=READ_SCHEMA)
+        small[k] = [v] * n_small
+    small_batch = pa.RecordBatch.from_pydict(small, schema=READ_SCHEMA)
+    if not n_b:
+        return small_batch
+    b = out.bronze
+    big = {name: pa.nulls(n_b, READ_SCHEMA.field(name).type) for name in READ_SCHEMA.names}
+    for k, v in common.items():
+        big[k] = pa.repeat(pa.scalar(v, pa.string()), n_b)
+    big["kind"] = pa.repeat(pa.scalar("bronze", pa.string()), n_b)
+    big["values"] = _as_map([c for c in b.column_names
+                             if c not in ("extra_columns", "source_line")], b)
+    big["extra_columns"] = b.column("extra_columns").combine_chunks()
+    big["source_line"] = b.column("source_line").combine_chunks()
+    big_batch = pa.RecordBatch.from_pydict(big, schema=READ_SCHEMA)
+    return pa.Table.from_batches([big_batch, small_batch]).combine_chunks().to_batches()[0]
+
+
+def _as_map(names: list[str], table: pa.Table) -> pa.MapArray:
+    """Columns -> one map<string,string> per row ({column: value}), without Python loops."""
+    n, k = table.num_rows, len(names)
+    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
+    keys = pa.array(np.tile(np.array(names, dtype=object), n), pa.string())
+    stacked = pa.concat_arrays([table.column(c).combine_chunks() for c in names])
+    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None])
+    return pa.MapArray.from_arrays(offsets, keys, stacked.take(pa.array(order.ravel())))
 
 
 def read_files_in_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -21,11 +21,14 @@ import io
 import json
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from jobs.contracts import FeedContract, SourceProfile
 from jobs.ingest.rules import rule
@@ -96,12 +99,21 @@ class _FileRejected(Exception):
 
 @dataclass
 class _Parsed:
+    """The good rows of a file, columnar, before mapping to canonical names."""
+
     header: list[str]
-    rows: list[list[str]]        # fields of the good rows, aligned with ``header``
+    columns: list[pa.Array]      # one string array per header column, good rows only
     lines: list[int]             # line number of each good row
-    raws: list[str]              # raw text of each good row
+    raw_of: Callable[[int], str]  # raw text of the good row at a position (for quarantine)
     rejected: list[tuple[int, str, str, str]]  # (line, rule_id, message, raw)
     rows_in: int
+
+    @classmethod
+    def from_rows(cls, header: list[str], rows: list[list[str]], lines: list[int],
+                  raws: list[str], rejected: list, rows_in: int) -> _Parsed:
+        columns = [pa.array(list(col), pa.string()) for col in zip(*rows, strict=True)] \
+            if rows else [pa.array([], pa.string()) for _ in header]
+        return cls(header, columns, lines, raws.__getitem__, sorted(rejected), rows_in)
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,10 +257,63 @@ def _parse(data: bytes, f: LandedFile, contract: FeedContract, profile: SourcePr
     raw = _decompress(data, f)
     if not raw.strip() and not (profile.format == "jsonl" and f.manifest_rows == 0):
         raise _FileRejected("F_EMPTY", f"{f.source_file} holds no data after decompression")
+    if profile.format == "csv" and (fast := _parse_clean_csv(raw, profile, expected)):
+        return fast
     numbered, bad = _decode_lines(raw, f, profile, expected)
     if profile.format == "jsonl":
         return _parse_jsonl(numbered, bad)
     return _parse_csv(numbered, bad, profile)
+
+
+def _parse_clean_csv(raw: bytes, profile: SourceProfile, expected: set[str]) -> _Parsed | None:
+    """pyarrow's C++ parser for the common case: no quotes, no blank lines, clean encoding.
+
+    Returns None whenever a line-by-line look is needed (a quote may be broken, bytes may not
+    decode, the header may be wrong): the careful path then decides, line by line.
+    """
+    if b'"' in raw or b"\n\n" in raw or b"\r" in raw:
+        return None
+    try:
+        text = raw.decode(profile.encoding)
+    except UnicodeDecodeError:
+        return None
+    if not _header_fits(text, profile, expected):
+        return None
+    text = text.lstrip("\ufeff")
+    rejected: list[tuple[int, str, str, str]] = []
+
+    def on_invalid(row) -> str:
+        rejected.append((row.number, "R_FIELDS",
+                         f"{row.actual_columns} fields, header has {row.expected_columns}",
+                         row.text))
+        return "skip"
+
+    header = [h.strip() for h in text.split("\n", 1)[0].split(profile.delimiter)]
+    if len(set(header)) != len(header) or "" in header:
+        return None  # pyarrow needs distinct names; the careful path reports this file
+    table = pacsv.read_csv(
+        io.BytesIO(text.encode("utf-8")),
+        read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 26),
+        parse_options=pacsv.ParseOptions(delimiter=profile.delimiter, quote_char=False,
+                                         newlines_in_values=False, ignore_empty_lines=True,
+                                         invalid_row_handler=on_invalid),
+        convert_options=pacsv.ConvertOptions(
+            column_types={h: pa.string() for h in header}, strings_can_be_null=False))
+    if any(n is None for n, *_ in rejected):
+        return None
+    n_lines = table.num_rows + len(rejected)
+    bad_lines = {n for n, *_ in rejected}
+    lines = [i for i in range(2, n_lines + 2) if i not in bad_lines]
+    text_lines: list[str] = []
+
+    def raw_of(pos: int) -> str:
+        if not text_lines:
+            text_lines.extend(text.split("\n"))
+        return text_lines[lines[pos] - 1]
+
+    columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
+               for c in table.columns]
+    return _Parsed(header, columns, lines, raw_of, sorted(rejected), n_lines)
 
 
 def _parse_csv(numbered: list[tuple[int, str]], bad: list[tuple],
@@ -282,7 +347,7 @@ def _parse_csv(numbered: list[tuple[int, str]], bad: list[tuple],
         rows.append(fields)
         lines.append(i)
         raws.append(ln)
-    return _Parsed(header, rows, lines, raws, sorted(rejected), rows_in)
+    return _Parsed.from_rows(header, rows, lines, raws, rejected, rows_in)
 
 
 def _parse_jsonl(numbered: list[tuple[int, str]], bad: list[tuple]) -> _Parsed:
@@ -308,7 +373,7 @@ def _parse_jsonl(numbered: list[tuple[int, str]], bad: list[tuple]) -> _Parsed:
         raws.append(ln)
     cols = list(header)
     rows = [[_json_text(o.get(c)) for c in cols] for o in objects]
-    return _Parsed(cols, rows, lines, raws, sorted(rejected), rows_in)
+    return _Parsed.from_rows(cols, rows, lines, raws, rejected, rows_in)
 
 
 def _json_text(v) -> str:
@@ -356,7 +421,7 @@ def _parse_xlsx(data: bytes, contract: FeedContract, profile: SourceProfile) -> 
         rows.append(fields)
         lines.append(i)
         raws.append("\t".join(fields))
-    return _Parsed(header, rows, lines, raws, rejected, rows_in)
+    return _Parsed.from_rows(header, rows, lines, raws, rejected, rows_in)
 
 
 def _cell_text(v, profile: SourceProfile) -> str:
@@ -394,31 +459,31 @@ def _canonicalise(p: _Parsed, f: LandedFile, contract: FeedContract, profile: So
     out.unknown_columns = unknown
     out.missing_optional_columns = [c.name for c in missing]
     index = {h: k for k, h in enumerate(p.header)}
+    n = len(p.lines)
 
     columns: dict[str, pa.Array] = {}
     for c in contract.columns:
         k = index.get(mapping[c.name])
-        values = [r[k].strip() for r in p.rows] if k is not None else [""] * len(p.rows)
-        columns[c.name] = pa.array(values, pa.string())
+        columns[c.name] = pc.utf8_trim_whitespace(p.columns[k]) if k is not None \
+            else pa.array([""] * n, pa.string())
     failures = _form_failures(columns, contract, profile, mapping)
 
     rejected = list(p.rejected)
-    good = []
-    for pos, (line, raw) in enumerate(zip(p.lines, p.raws, strict=True)):
-        if pos in failures:
-            rule_id, message = failures[pos]
-            rejected.append((line, rule_id, message, raw))
-        else:
-            good.append(pos)
+    for pos, (rule_id, message) in failures.items():
+        rejected.append((p.lines[pos], rule_id, message, p.raw_of(pos)))
+    good = np.setdiff1d(np.arange(n, dtype=np.int64), np.fromiter(failures, np.int64,
+                                                                  len(failures)))
     out.rows_in = p.rows_in
     out.quarantine = [_qrow(f, out.sha256, line, rid, msg, raw)
                       for line, rid, msg, raw in sorted(rejected)]
     take = pa.array(good, pa.int64())
     data = {name: arr.take(take) for name, arr in columns.items()}
-    extras = [[(h, p.rows[pos][index[h]]) for h in unknown if p.rows[pos][index[h]] != ""]
-              for pos in good]
-    data["extra_columns"] = pa.array(extras, pa.map_(pa.string(), pa.string()))
-    data["source_line"] = pa.array([p.lines[pos] for pos in good], pa.int32())
+    extra_values = {h: p.columns[index[h]].take(take).to_pylist() for h in unknown}
+    data["extra_columns"] = pa.array(
+        [[(h, extra_values[h][j]) for h in unknown if extra_values[h][j] != ""]
+         for j in range(len(good))] if unknown else [[]] * len(good),
+        pa.map_(pa.string(), pa.string()))
+    data["source_line"] = pa.array(np.asarray(p.lines, dtype=np.int32)[good], pa.int32())
     out.bronze = pa.table(data)
 
 
