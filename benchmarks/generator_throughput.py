@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
-import re
-import resource
 import shutil
 import sys
 import tempfile
@@ -24,28 +20,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from jobs.config import load  # noqa: E402
+from benchmarks.common import machine, peak_rss_gib, update_doc  # noqa: E402
+from jobs.config import environ_under, load  # noqa: E402
 from jobs.generate import generate  # noqa: E402
 
-SECTION = "## Generator throughput"
-
-
-def _machine() -> str:
-    cores = os.cpu_count() or 0
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{cores} cores, {mem:.0f} GiB RAM, Python {platform.python_version()}, "
-            f"{platform.system()}")
-
-
-def _update_doc(doc: Path, body: str) -> None:
-    text = doc.read_text(encoding="utf-8") if doc.exists() else "# Benchmarks\n"
-    block = f"{SECTION}\n\n{body.strip()}\n"
-    if SECTION in text:
-        text = re.sub(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    doc.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+SECTION = "Generator throughput"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,17 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     root = args.out or Path(tempfile.mkdtemp(prefix="healthlake-gen-"))
-    env = {**os.environ,
-           "HEALTHLAKE_PATHS__LANDING_ROOT": str(root / "landing"),
-           "HEALTHLAKE_PATHS__GROUND_TRUTH_ROOT": str(root / "ground_truth"),
-           "HEALTHLAKE_PATHS__LATE_DELIVERIES_ROOT": str(root / "late_deliveries"),
-           "HEALTHLAKE_PATHS__REFERENCE_ROOT": str(root / "reference")}
-    settings = load(environ=env)
+    settings = load(environ=environ_under(root))
     t0 = time.perf_counter()
     summary = generate(settings, full_city=args.full_city, residents=args.residents,
                        days=args.days)
     wall = time.perf_counter() - t0
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    peak_gib = peak_rss_gib()
     size = sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
     rows = summary["rows"]
     total = sum(rows.values())
@@ -92,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{n / max(secs.get(feed, 0), 1e-9):,.0f} |" for feed, n in rows.items())
         body = f"""
 Command: `.venv/bin/{cmd.strip()}` (run {dt.date.today().isoformat()}).
-Machine: {_machine()}; pure Python/numpy/pandas, one process, Spark not running.
+Machine: {machine()}; pure Python/numpy/pandas, one process, Spark not running.
 
 | figure | value |
 |---|---|
@@ -120,7 +94,7 @@ The first day of a run carries every institution's full registry snapshot, so
 resident_registry dominates; later days carry only creates and updates. XLSX writing
 (xlsxwriter, cell by cell) is the slowest format per row.
 """
-        _update_doc(ROOT / "docs" / "benchmarks.md", body)
+        update_doc(SECTION, body)
     if not args.keep and args.out is None:
         shutil.rmtree(root, ignore_errors=True)
     return 0

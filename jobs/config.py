@@ -375,6 +375,24 @@ def validate(settings: Settings) -> Settings:
     return settings
 
 
+def environ_under(root: str | Path, base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment that puts every path of the lake under ``root`` (tests, benchmarks,
+    sandboxes), keeping the other variables of ``base`` (default: this process's)."""
+    root = Path(root)
+    env = {k: v for k, v in (os.environ if base is None else base).items()
+           if not k.startswith("HEALTHLAKE_PATHS__")}
+    env.update({
+        "HEALTHLAKE_PATHS__LANDING_ROOT": str(root / "landing"),
+        "HEALTHLAKE_PATHS__GROUND_TRUTH_ROOT": str(root / "ground_truth"),
+        "HEALTHLAKE_PATHS__LATE_DELIVERIES_ROOT": str(root / "late"),
+        "HEALTHLAKE_PATHS__REFERENCE_ROOT": str(root / "reference"),
+        "HEALTHLAKE_PATHS__ZONES__RESTRICTED": str(root / "lake/restricted"),
+        "HEALTHLAKE_PATHS__ZONES__CURATED": str(root / "lake/curated"),
+        "HEALTHLAKE_PATHS__ZONES__OPS": str(root / "lake/ops"),
+    })
+    return env
+
+
 def load(conf_dir: str | Path | None = None, environ: dict[str, str] | None = None) -> Settings:
     """Load and validate: the one entry point jobs, DAGs and tests use."""
     return validate(load_settings(conf_dir, environ))

@@ -4,27 +4,20 @@ utilities do)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from jobs.config import Settings, load
+from jobs.config import Settings, environ_under, load
 
 TEST_SECRET = "test-hmac-key-not-for-production"
 
 
 def settings_env(root: Path, **extra: str) -> dict[str, str]:
-    """Environment that points every configured path under ``root``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HEALTHLAKE_")}
+    """Environment that points every configured path under ``root``, sized for tiny data."""
+    env = {k: v for k, v in environ_under(root).items() if not k.startswith("HEALTHLAKE_")
+           or k.startswith("HEALTHLAKE_PATHS__")}
     env.update({
-        "HEALTHLAKE_PATHS__LANDING_ROOT": str(root / "landing"),
-        "HEALTHLAKE_PATHS__GROUND_TRUTH_ROOT": str(root / "ground_truth"),
-        "HEALTHLAKE_PATHS__LATE_DELIVERIES_ROOT": str(root / "late"),
-        "HEALTHLAKE_PATHS__REFERENCE_ROOT": str(root / "reference"),
-        "HEALTHLAKE_PATHS__ZONES__RESTRICTED": str(root / "lake/restricted"),
-        "HEALTHLAKE_PATHS__ZONES__CURATED": str(root / "lake/curated"),
-        "HEALTHLAKE_PATHS__ZONES__OPS": str(root / "lake/ops"),
         "HEALTHLAKE_SPARK__CONF__SPARK.SQL.SHUFFLE.PARTITIONS": "2",
         "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "2g",
         "HEALTHLAKE_SPARK__CONF__SPARK.SQL.WAREHOUSE.DIR": str(root / "warehouse"),
