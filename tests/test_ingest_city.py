@@ -150,3 +150,15 @@ def test_interrupted_run_leaves_no_partial_day_and_rerun_completes(spark, settin
     assert "ops.ingest_log" not in calls  # the log, written last, never says the day is done
     ingest.run(spark, settings, day)
     assert snapshot() == before
+
+
+def test_quarantine_report_lists_rejections_and_files_that_never_loaded(spark, settings, city):
+    from jobs.ingest import report
+
+    rows = report.run(spark, settings)
+    rules = {r["rule_id"] for r in rows}
+    assert {"R_FORM", "R_REQUIRED", "F_CHECKSUM", "MISSING", "DUPLICATE"} <= rules
+    missing = next(r for r in rows if r["rule_id"] == "MISSING")
+    assert "never arrived" in missing["example"] and missing["n_rows"] > 0
+    only = report.run(spark, settings, rule="R_FORM")
+    assert only and {r["rule_id"] for r in only} == {"R_FORM"}

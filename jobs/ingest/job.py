@@ -405,9 +405,13 @@ def _summary(plan: DayPlan, stats: dict[str, dict], day: str, seconds: float) ->
     rows_in = sum(s["rows_in"] or 0 for s in stats.values())
     loaded = sum(s["rows_loaded"] or 0 for s in stats.values())
     quarantined = sum(s["rows_quarantined"] or 0 for s in stats.values())
+    drift = {f: s["unknown_columns"] for f, s in stats.items() if s.get("unknown_columns")}
+    if drift:
+        log.warning("%s: unknown columns kept in extra_columns: %s", day, drift)
     return {
         "extract_date": day,
         "institutions": len(plan.institutions),
+        "schema_drift": drift,
         "files": len(plan.files),
         "files_by_status": dict(sorted(by_status.items())),
         "rows_in": rows_in,

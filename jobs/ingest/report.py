@@ -1,4 +1,5 @@
-"""`healthlake quarantine`: what was rejected, by day, institution, feed and rule, with examples."""
+"""`healthlake quarantine`: what was rejected, by day, institution, feed and rule, with examples,
+and the files that never loaded (missing, duplicates, no manifest)."""
 
 from __future__ import annotations
 
@@ -58,4 +59,30 @@ def run(spark, settings: Settings, *, date_from=None, date_to=None, institution=
     if feed:
         q = q.where(q.feed == feed)
     log = read_table(spark, settings, "ops.ingest_log")
-    return [r.asDict() for r in quarantine_summary(q, log).collect()]
+    rows = [r.asDict() for r in quarantine_summary(q, log).collect()]
+    events = file_events(log, date_from, date_to, institution, feed)
+    if rule:
+        events = [e for e in events if e["rule_id"] == rule]
+    return sorted(rows + events, key=lambda r: (str(r["extract_date"]), r["institution_id"],
+                                                r["feed"] or "", r["rule_id"]))
+
+
+NOT_LOADED = ("missing", "duplicate", "no_manifest", "unknown_feed")
+
+
+def file_events(ingest_log_df, date_from=None, date_to=None, institution=None,
+                feed=None) -> list[dict]:
+    """Files that were not read at all (missing, duplicates, no manifest, unknown feed), in the
+    same shape as quarantine summaries so operators see everything that did not load."""
+    from pyspark.sql import functions as F
+
+    log = ingest_log_df.where(F.col("status").isin(*NOT_LOADED))
+    for column, value, op in (("extract_date", date_from, ">="), ("extract_date", date_to, "<="),
+                              ("institution_id", institution, "="), ("feed", feed, "=")):
+        if value:
+            log = log.where(f"{column} {op} '{value}'")
+    return [{"extract_date": r.extract_date, "institution_id": r.institution_id,
+             "feed": r.feed, "rule_id": r.status.upper(), "scope": "file",
+             "n_rows": r.manifest_rows or 0, "n_entries": 1,
+             "example": f"{r.source_file} | {r.message}"}
+            for r in log.orderBy("extract_date", "source_file").collect()]
