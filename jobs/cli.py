@@ -97,6 +97,14 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
     return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
 
 
+def cmd_standardise(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.silver import job
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-standardise")
+    return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
+
+
 def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.ingest import report
     from jobs.spark import get_spark
@@ -129,6 +137,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "generate": (cmd_generate, "generate a synthetic city's daily extracts into the landing zone"),
     "deliver-late": (cmd_deliver_late, "move a late institution's held-back files into landing"),
     "ingest": (cmd_ingest, "load landed files of a day (or range) into bronze and quarantine"),
+    "standardise": (cmd_standardise,
+                    "type and validate a day's (or range's) bronze into silver_std, quarantine"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
     "dictionary": (cmd_dictionary, "regenerate docs/data-dictionary.md from schemas/"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
@@ -152,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, help="random seed (default: conf)")
         if name == "deliver-late":
             p.add_argument("--date", type=_date, required=True)
-        if name == "ingest":
+        if name in ("ingest", "standardise"):
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
         if name == "quarantine":

@@ -87,6 +87,8 @@ class Settings:
     tables: dict[str, TableSpec]
     city: dict[str, Any]
     generator: dict[str, Any]
+    # Silver standardisation rules (conf/base/silver.yaml), validated by jobs.silver.params.
+    silver: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

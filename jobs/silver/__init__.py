@@ -1,0 +1,1 @@
+"""Silver standardisation: bronze strings -> typed, validated values in the restricted zone."""
