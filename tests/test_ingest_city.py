@@ -159,6 +159,8 @@ def test_quarantine_report_lists_rejections_and_files_that_never_loaded(spark, s
     rules = {r["rule_id"] for r in rows}
     assert {"R_FORM", "R_REQUIRED", "F_CHECKSUM", "MISSING", "DUPLICATE"} <= rules
     missing = next(r for r in rows if r["rule_id"] == "MISSING")
-    assert "never arrived" in missing["example"] and missing["n_rows"] > 0
+    assert "never arrived" in missing["example"] and missing["scope"] == "file"
+    log = read_table(spark, settings, "ops.ingest_log").where("status = 'missing'").collect()
+    assert missing["n_rows"] == log[0].manifest_rows  # what the manifest promised
     only = report.run(spark, settings, rule="R_FORM")
     assert only and {r["rule_id"] for r in only} == {"R_FORM"}
