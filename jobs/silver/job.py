@@ -291,18 +291,19 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
         persisted.append(std)
         typed, issues = split(std, feed)
         n_bronze = bronze.count()
-        agg = typed.agg(F.count(F.lit(1)).alias("n"),
-                        *([F.sum(F.when(~F.col("is_national_id_valid")
-                                        & (F.col("national_id_status") != "missing"), 1)
-                                 .otherwise(0)).alias("n_invalid_national_id")]
-                          if "is_national_id_valid" in typed.columns else [])).first()
-        n_rejected = (issues.where("action = 'rejected'")
-                      .select("source_file", "source_line").distinct().count())
+        # One pass over the persisted rows: what goes to silver_std, what is rejected.
+        has_id = "is_national_id_valid" in std.columns
+        agg = std.agg(
+            F.count_if(~F.col("_is_rejected")).alias("n_silver"),
+            F.count_if(F.col("_is_rejected")).alias("n_rejected"),
+            (F.count_if(~F.col("_is_rejected") & ~F.col("is_national_id_valid")
+                        & (F.col("national_id_status") != "missing")) if has_id
+             else F.lit(None)).alias("n_invalid_national_id")).first()
         by_rule = {f"{r['rule_id']} {r['action']}": r["count"] for r in
                    issues.groupBy("rule_id", "action").count().orderBy("rule_id").collect()}
-        counts[feed] = {"n_bronze": n_bronze, "n_silver": agg["n"], "n_rejected": n_rejected,
-                        "n_invalid_national_id": agg.asDict().get("n_invalid_national_id"),
-                        "issues": by_rule}
+        counts[feed] = {"n_bronze": n_bronze, "n_silver": agg["n_silver"],
+                        "n_rejected": agg["n_rejected"],
+                        "n_invalid_national_id": agg["n_invalid_national_id"], "issues": by_rule}
         writes.append((typed, target))
         issue_frames.append(issues)
     bad = {f: c for f, c in counts.items() if c["n_bronze"] != c["n_silver"] + c["n_rejected"]}
