@@ -4,6 +4,7 @@ utilities do)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,23 @@ def spark(settings: Settings):
                                     "spark.databricks.delta.snapshotPartitions": "1"})
     yield session
     session.stop()
+
+
+CITY_DAYS = [dt.date(2024, 4, 15), dt.date(2024, 4, 16), dt.date(2024, 4, 17)]
+
+
+@pytest.fixture(scope="session")
+def ingested_city(spark, settings):
+    """A small generated city (2,000 residents, 3 days) ingested into the session lake, with its
+    ground truth: shared by every test that needs real bronze data, built once."""
+    import pandas as pd
+
+    from jobs.generate import generate
+    from jobs.ingest import job as ingest
+
+    summary = generate(settings, residents=2000, start_date=CITY_DAYS[0], days=len(CITY_DAYS))
+    runs = {d: ingest.run(spark, settings, d) for d in CITY_DAYS}
+    truth = settings.ground_truth_root
+    return {"summary": summary, "runs": runs, "days": CITY_DAYS,
+            "faults": pd.read_parquet(truth / "faults"),
+            "records": pd.read_parquet(truth / "records")}

@@ -10,12 +10,13 @@ import datetime as dt
 import pandas as pd
 import pytest
 
-from jobs.generate import deliver_late, generate
+from jobs.generate import deliver_late
 from jobs.ingest import job as ingest
 from jobs.ingest.report import all_quarantine
 from jobs.lake import read_table
+from tests.conftest import CITY_DAYS
 
-DAYS = [dt.date(2024, 4, 15), dt.date(2024, 4, 16), dt.date(2024, 4, 17)]
+DAYS = CITY_DAYS
 ROW_RULE = {"wrong_field_count": "R_FIELDS", "broken_quoting": "R_QUOTING",
             "impossible_date": "R_FORM", "empty_required": "R_REQUIRED",
             "undecodable_bytes": "R_DECODE", "broken_json": "R_JSON"}
@@ -25,13 +26,8 @@ FILE_RULE = {"renamed_column": "F_COLUMNS", "zero_byte_file": "F_EMPTY",
 
 
 @pytest.fixture(scope="module")
-def city(spark, settings):
-    summary = generate(settings, residents=2000, start_date=DAYS[0], days=len(DAYS))
-    runs = {d: ingest.run(spark, settings, d) for d in DAYS}
-    truth = settings.ground_truth_root
-    return {"summary": summary, "runs": runs,
-            "faults": pd.read_parquet(truth / "faults"),
-            "records": pd.read_parquet(truth / "records")}
+def city(ingested_city):
+    return ingested_city
 
 
 def _with_parts(df: pd.DataFrame) -> pd.DataFrame:

@@ -5,7 +5,6 @@ generated city standardised end to end against the generator's ground truth."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 import random
 
 import pandas as pd
@@ -321,26 +320,14 @@ def test_every_feed_transforms_an_empty_bronze_with_a_typed_schema(spark, ctx):
 # -- a generated city, end to end ------------------------------------------------------------
 
 DAY = dt.date(2024, 4, 15)
-# Generating, ingesting and standardising even a tiny city costs a few Delta commits per table:
-# about 2 minutes on a busy 2-core machine, over this file's budget. Opt in to run it.
-needs_e2e = pytest.mark.skipif(os.environ.get("HEALTHLAKE_E2E") != "1",
-                               reason="set HEALTHLAKE_E2E=1 to run the generated-city test")
 
 
 @pytest.fixture(scope="module")
-def city(spark, tmp_path_factory):
-    """A small generated city, one day ingested and standardised, in its own lake."""
-    from jobs.generate import generate
-    from jobs.ingest import job as ingest
-    from tests.conftest import make_settings
-
-    s = make_settings(tmp_path_factory.mktemp("silver_city"))
-    generate(s, residents=400, start_date=DAY, days=1)
-    ingest.run(spark, s, DAY)
-    return {"settings": s, "run": silver.run(spark, s, DAY)}
+def city(spark, settings, ingested_city):
+    """The session's generated and ingested city, its first day standardised."""
+    return {"settings": settings, "run": silver.run(spark, settings, DAY)}
 
 
-@needs_e2e
 def test_city_day_reconciles_bronze_with_silver_and_quarantine(spark, city):
     from jobs.lake import read_table
 
@@ -357,7 +344,6 @@ def test_city_day_reconciles_bronze_with_silver_and_quarantine(spark, city):
         {f: c["n_rejected"] for f, c in run["feeds"].items() if c["n_rejected"]}
 
 
-@needs_e2e
 def test_city_identity_numbers_are_repaired_to_the_true_ones(spark, city):
     from jobs.lake import read_table
 
@@ -365,7 +351,9 @@ def test_city_identity_numbers_are_repaired_to_the_true_ones(spark, city):
     truth = s.ground_truth_root
     records = pd.read_parquet(truth / "records").query("feed == 'resident_registry'")
     persons = pd.read_parquet(truth / "persons.parquet")
-    reg = read_table(spark, s, "silver_std.resident_registry").select(
+    records = records[records.extract_date.astype(str).str[:10] == DAY.isoformat()]
+    reg = read_table(spark, s, "silver_std.resident_registry").where(
+        f"extract_date = DATE'{DAY}'").select(
         "institution_id", "source_file", "source_line", "national_id", "is_national_id_valid",
         "national_id_status").toPandas()
     reg["file"] = reg.source_file.str.split("/").str[-1]
