@@ -263,7 +263,8 @@ def _record_origins(value: Any, dotted: str, source: str, origins: dict[str, str
 # --------------------------------------------------------------------------------------------
 
 
-def _where(key: str, origins: dict[str, str]) -> str:
+def origin_of(key: str, origins: dict[str, str]) -> str:
+    """The file or environment variable a dotted key (or its nearest parent) came from."""
     probe = key
     while probe:
         if origins.get(probe):
@@ -272,8 +273,14 @@ def _where(key: str, origins: dict[str, str]) -> str:
     return "configuration"
 
 
+def require(ok: bool, key: str, origins: dict[str, str], message: str) -> None:
+    """A cross-field check for other modules' configuration sections, with the same message."""
+    if not ok:
+        _fail(key, origins, message)
+
+
 def _fail(key: str, origins: dict[str, str], message: str) -> typing.NoReturn:
-    raise ConfigError(f"{_where(key, origins)}: key {key!r}: {message}")
+    raise ConfigError(f"{origin_of(key, origins)}: key {key!r}: {message}")
 
 
 def build_dataclass(cls: type, data: Any, key: str = "", origins: dict[str, str] | None = None):

@@ -257,8 +257,8 @@ def test_registry_rows_are_typed_invalid_ids_flagged_and_bad_required_values_rej
         ("township", {**good, "record_id": "R6", "birth_date": "2030/01/01",
                       "registered_at": "yesterday"}),                     # two issues, one row
     ]
-    typed, issues = silver.transform_resident_registry(_bronze(spark, "resident_registry", rows),
-                                                       ctx)
+    bronze = _bronze(spark, "resident_registry", rows)
+    typed, issues = silver.transform(bronze, "resident_registry", ctx)
     t = {r.record_id: r for r in typed.collect()}
     assert sorted(t) == ["R1", "R2", "R5"]
     r1 = t["R1"]
@@ -291,8 +291,8 @@ def test_followups_out_of_range_values_are_nulled_and_bad_required_values_reject
             ("district", {**good, "followup_id": "F2", "systolic_bp": "1500"}),
             ("district", {**good, "followup_id": "F3", "condition": "asthma"}),
             ("district", {**good, "followup_id": "F4", "followup_at": ""})]
-    typed, issues = silver.transform_chronic_followups(
-        _bronze(spark, "chronic_followups", rows), ctx)
+    typed, issues = silver.transform(
+        _bronze(spark, "chronic_followups", rows), "chronic_followups", ctx)
     t = {r.followup_id: r for r in typed.collect()}
     assert sorted(t) == ["F1", "F2"]
     assert (t["F1"].systolic_bp, str(t["F1"].fasting_glucose)) == (150, "6.10")

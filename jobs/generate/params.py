@@ -13,7 +13,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, fields
 
-from jobs.config import ConfigError, Settings, build_dataclass
+from jobs.config import Settings, build_dataclass, require
 from jobs.contracts import load_contracts
 
 TIERS = ("municipal", "district", "township", "village")
@@ -263,23 +263,9 @@ VARIATION_KINDS = tuple(f.name for f in fields(VariationWeights))
 # --------------------------------------------------------------------------------------------
 
 
-def _origin(key: str, origins: dict[str, str]) -> str:
-    probe = key
-    while probe:
-        if origins.get(probe):
-            return origins[probe]
-        probe = probe.rpartition(".")[0]
-    return "configuration"
-
-
-def _require(ok: bool, key: str, origins: dict[str, str], message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{_origin(key, origins)}: key {key!r}: {message}")
-
-
 def _shares(values: dict[str, float] | list[float], key: str, origins: dict[str, str]) -> None:
     items = values.values() if isinstance(values, dict) else values
-    _require(all(0.0 <= v <= 1.0 for v in items), key, origins, "shares must lie in [0, 1]")
+    require(all(0.0 <= v <= 1.0 for v in items), key, origins, "shares must lie in [0, 1]")
 
 
 def load_params(settings: Settings) -> tuple[CityParams, GeneratorParams]:
@@ -290,26 +276,26 @@ def load_params(settings: Settings) -> tuple[CityParams, GeneratorParams]:
     profiles = set(load_contracts().profiles)
 
     # city
-    _require(bool(city.districts), "city.districts", o, "at least one district")
+    require(bool(city.districts), "city.districts", o, "at least one district")
     for i, d in enumerate(city.districts):
-        _require(len(d.code) == 6 and d.code.isdigit(), f"city.districts[{i}].code", o,
+        require(len(d.code) == 6 and d.code.isdigit(), f"city.districts[{i}].code", o,
                  "a 6-digit county code")
-        _require(bool(d.towns), f"city.districts[{i}].towns", o, "at least one town")
+        require(bool(d.towns), f"city.districts[{i}].towns", o, "at least one town")
         for j, t in enumerate(d.towns):
-            _require(len(t.code) == 3 and t.code.isdigit(), f"city.districts[{i}].towns[{j}].code",
+            require(len(t.code) == 3 and t.code.isdigit(), f"city.districts[{i}].towns[{j}].code",
                      o, "a 3-digit town code")
     pop = city.population
-    _require(set(pop.broad_band_shares) == {"0-14", "15-59", "60+"},
+    require(set(pop.broad_band_shares) == {"0-14", "15-59", "60+"},
              "city.population.broad_band_shares", o, "keys must be 0-14, 15-59, 60+")
-    _require(abs(sum(pop.broad_band_shares.values()) - 1) < 0.01,
+    require(abs(sum(pop.broad_band_shares.values()) - 1) < 0.01,
              "city.population.broad_band_shares", o, "shares must add up to 1")
-    _require(set(pop.birthplace_shares) == set(pop.birthplace_codes),
+    require(set(pop.birthplace_shares) == set(pop.birthplace_codes),
              "city.population.birthplace_shares", o,
              "must name the same groups as birthplace_codes")
-    _require(set(city.institutions.tiers) == set(TIERS), "city.institutions.tiers", o,
+    require(set(city.institutions.tiers) == set(TIERS), "city.institutions.tiers", o,
              f"must be exactly {list(TIERS)}")
     for tier, mix in city.institutions.profiles.items():
-        _require(set(mix) <= profiles, f"city.institutions.profiles.{tier}", o,
+        require(set(mix) <= profiles, f"city.institutions.profiles.{tier}", o,
                  f"profiles must be among {sorted(profiles)}")
     _shares([city.village_record_share, city.institutions.municipal_gzip_share,
              city.health.ehr_coverage], "city", o)
@@ -317,23 +303,23 @@ def load_params(settings: Settings) -> tuple[CityParams, GeneratorParams]:
         _shares(band, "city.health", o)
 
     # generator
-    _require(gen.residents > 0 and gen.days > 0, "generator.residents", o,
+    require(gen.residents > 0 and gen.days > 0, "generator.residents", o,
              "residents and days must be positive")
     try:
         _ = gen.start
     except ValueError:
-        _require(False, "generator.start_date", o, f"not an ISO date: {gen.start_date!r}")
+        require(False, "generator.start_date", o, f"not an ISO date: {gen.start_date!r}")
     _shares([getattr(gen.faults.row_rates, k) for k in ROW_FAULT_KINDS],
             "generator.faults.row_rates", o)
     _shares([getattr(gen.faults.file_rates, k) for k in FILE_FAULT_KINDS],
             "generator.faults.file_rates", o)
-    _require(set(gen.faults.renamed_columns) <= profiles, "generator.faults.renamed_columns", o,
+    require(set(gen.faults.renamed_columns) <= profiles, "generator.faults.renamed_columns", o,
              f"profiles must be among {sorted(profiles)}")
-    _require(set(gen.output.boolean_codes) == profiles, "generator.output.boolean_codes", o,
+    require(set(gen.output.boolean_codes) == profiles, "generator.output.boolean_codes", o,
              f"needs exactly the profiles {sorted(profiles)}")
     for tier_map_key in ("tier_visit_share", "encounter_types", "labs_per_encounter",
                          "referral_share"):
-        _require(set(getattr(gen.activity, tier_map_key)) == set(TIERS),
+        require(set(getattr(gen.activity, tier_map_key)) == set(TIERS),
                  f"generator.activity.{tier_map_key}", o, f"needs exactly the tiers {list(TIERS)}")
     return city, gen
 

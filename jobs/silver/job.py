@@ -226,30 +226,6 @@ def transform(bronze_df, feed: str, ctx: StdContext):
     return split(standardise_feed(bronze_df, load_contracts().feed(feed), ctx), feed)
 
 
-def transform_resident_registry(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "resident_registry", ctx)
-
-
-def transform_encounters(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "encounters", ctx)
-
-
-def transform_lab_results(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "lab_results", ctx)
-
-
-def transform_referrals(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "referrals", ctx)
-
-
-def transform_chronic_followups(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "chronic_followups", ctx)
-
-
-def transform_institution_survey(bronze_df, ctx: StdContext):
-    return transform(bronze_df, "institution_survey", ctx)
-
-
 def empty_bronze(spark, contract: FeedContract):
     """A bronze-shaped DataFrame with no rows: a feed whose bronze table was never written."""
     ddl = ", ".join(f"`{c}` string" for c in contract.column_names)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from jobs.config import ConfigError, Settings, build_dataclass
+from jobs.config import Settings, build_dataclass, require
 
 _CATEGORY = re.compile(r"^[A-Z]\d{2}$")
 
@@ -60,8 +60,7 @@ def check_params(params: SilverParams, origins: dict[str, str] | None = None) ->
     origins = origins or {}
 
     def fail(key: str, message: str):
-        where = origins.get(key) or origins.get("silver") or "configuration"
-        raise ConfigError(f"{where}: key {key!r}: {message}")
+        require(False, key, origins, message)
 
     for family, lo, hi in params.family_ranges():
         if not (_CATEGORY.match(lo) and _CATEGORY.match(hi)) or lo[0] != hi[0] or lo > hi:
