@@ -18,6 +18,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.generate import generate
     from jobs.ingest import job as ingest
     from jobs.ingest import report
+    from jobs.silver import job as silver
     from jobs.spark import get_spark
 
     settings.secret("hmac_key")  # the pipeline refuses to run without its key
@@ -38,6 +39,10 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     quarantine = report.run(spark, settings)
     timings["ingest"] = round(time.perf_counter() - t0, 1)
 
+    t0 = time.perf_counter()
+    standardised = {d.isoformat(): silver.run(spark, settings, d) for d in days}
+    timings["standardise"] = round(time.perf_counter() - t0, 1)
+
     return {
         "generated": {k: generated[k] for k in ("residents", "institutions", "dates", "files",
                                                 "rows", "faults")},
@@ -49,6 +54,10 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
         "quarantine (healthlake quarantine)": {
             f"{q['extract_date']} {q['institution_id']} {q['feed']} {q['rule_id']}":
                 f"{q['n_rows']} row(s): {q['example'][:100]}" for q in quarantine},
+        "silver standardisation (bronze rows = silver + rejected)": {
+            day: ", ".join(f"{feed} {c['n_bronze']}={c['n_silver']}+{c['n_rejected']}"
+                           for feed, c in r["feeds"].items())
+            for day, r in standardised.items()},
         "seconds": timings,
         "where_to_look": {
             "landing zone": settings.landing_root,
