@@ -278,7 +278,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
             writes.append((quarantine, f"quarantine.{feed}"))
     # Each table is its own Delta commit; committing several tables at once hides Delta's
     # per-commit latency (snapshot, commit, checkpoint jobs), which dominates small days.
-    with ThreadPoolExecutor(max_workers=settings_parallel_writes(spark)) as pool:
+    with ThreadPoolExecutor(max_workers=_parallel_writes(spark)) as pool:
         for future in [pool.submit(write_table, df, settings, name, replace_where=where)
                        for df, name in writes]:
             future.result()
@@ -297,7 +297,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     return summary
 
 
-def settings_parallel_writes(spark) -> int:
+def _parallel_writes(spark) -> int:
     """Concurrent table commits: a few per core, as they mostly wait on I/O and scheduling."""
     return max(2, min(6, spark.sparkContext.defaultParallelism * 2))
 

@@ -187,8 +187,7 @@ def _count_lines_safely(data: bytes, f: LandedFile, profile: SourceProfile) -> i
     try:
         if profile.format == "xlsx":
             return max(len(_xlsx_rows(data)) - 1, 0)
-        lines = [ln for ln in _decompress(data, f).split(b"\n") if ln.strip()]
-        return max(len(lines) - (0 if profile.format == "jsonl" else 1), 0)
+        return _count_plain(_decompress(data, f), has_header=profile.format != "jsonl")
     except _FileRejected:
         return 0
     except Exception:  # noqa: BLE001 - counting is best effort for a file already rejected
@@ -243,8 +242,9 @@ def _explain_encoding(raw: bytes, profile: SourceProfile, expected: set[str]) ->
                 f"{profile.encoding}; not loaded, to avoid mojibake", _count_plain(raw))
 
 
-def _count_plain(raw: bytes) -> int:
-    return max(len([ln for ln in raw.split(b"\n") if ln.strip()]) - 1, 0)
+def _count_plain(raw: bytes, has_header: bool = True) -> int:
+    """Non-blank lines of a text file, less its header line."""
+    return max(len([ln for ln in raw.split(b"\n") if ln.strip()]) - int(has_header), 0)
 
 
 # -- parsing per format ------------------------------------------------------------------------
