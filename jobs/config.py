@@ -89,6 +89,8 @@ class Settings:
     generator: dict[str, Any]
     # Silver standardisation rules (conf/base/silver.yaml), validated by jobs.silver.params.
     silver: dict[str, Any] = field(default_factory=dict)
+    # Entity resolution (conf/base/matching.yaml), validated by jobs.silver.resolve.
+    matching: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -1,0 +1,334 @@
+"""Entity resolution of residents, one extract date at a time: silver_std -> person ids.
+
+The unit matched is a **local patient** (``lp_id`` = institution id + its own record number: the
+registry's record_id, which clinical rows carry as patient_no). Every person-bearing row of a day
+becomes an identity record; each local patient gets a profile (its latest registry row, else its
+latest clinical row). For the local patients first seen on the day:
+
+1. **deterministic** - a valid national ID in the profile: the person is that ID's;
+2. **incremental link** - Splink scores the rest against every known local patient (earlier days'
+   ``restricted.identity`` plus step 1); one person at or above the threshold wins, two are
+   ambiguous and link to neither (false merges are worse than missed duplicates);
+3. **new persons** - what is left is deduplicated among itself (Splink, connected components at
+   the threshold); each cluster is a new person.
+
+Local patients seen before keep their person: re-running a day, or adding one, changes no earlier
+assignment. A row carrying its own valid national ID always belongs to that ID's person.
+
+``person_id`` is a keyed hash (:mod:`jobs.silver.pseudonym`) of the national ID, or of the
+cluster's smallest local-patient id. Identifiers in clear stay in the restricted zone
+(``restricted.identity``); ``silver.person_link`` maps every source row to its person with no
+identifier, and ``silver.person`` is the golden record built by the survivorship rules.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from jobs.config import Settings, build_dataclass, require
+from jobs.lake import read_table, table_exists, write_table
+from jobs.match import engine
+from jobs.silver.pseudonym import hmac_key, person_id_column
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PersonFeed:
+    """Where a feed keeps a row's own key, its local patient number and its event time."""
+
+    record_key: str
+    local_no: str
+    event_at: tuple[str, ...]
+
+
+PERSON_FEEDS: dict[str, PersonFeed] = {
+    "resident_registry": PersonFeed("record_id", "record_id", ("updated_at", "registered_at")),
+    "encounters": PersonFeed("encounter_id", "patient_no", ("visit_at",)),
+    "lab_results": PersonFeed("lab_result_id", "patient_no", ("reported_at", "collected_at")),
+    "referrals": PersonFeed("referral_id", "patient_no", ("referred_at",)),
+    "chronic_followups": PersonFeed("followup_id", "patient_no", ("followup_at",)),
+}
+IDENTITY_FIELDS = ["national_id", "national_id_valid", "name", "name_pinyin_key", "sex",
+                   "birth_date", "phone", "area_code", "town_code", "district_code"]
+_TYPES = {"birth_date": "string"}
+
+
+@dataclass(frozen=True)
+class MatchingParams:
+    """The ``matching`` section: the residents' match specification and the survivorship rules."""
+
+    model: dict[str, Any]
+    ambiguity_margin: float = 0.0
+    tier_trust_order: list[str] = field(
+        default_factory=lambda: ["municipal", "district", "township", "village"])
+
+    @property
+    def spec(self) -> engine.MatchSpec:
+        return engine.load_spec(self.model, "matching.model")
+
+
+def load_matching_params(settings: Settings) -> MatchingParams:
+    o = settings.origins
+    params: MatchingParams = build_dataclass(MatchingParams, settings.matching, "matching", o)
+    engine.load_spec(params.model, "matching.model", o)  # a typo stops the run here, named
+    require(0 <= params.ambiguity_margin < 1, "matching.ambiguity_margin", o, "must be in [0, 1)")
+    return params
+
+
+# -- pure transforms ----------------------------------------------------------------------------
+
+
+def identity_records(frames: dict[str, DataFrame]) -> DataFrame:
+    """One row per person-bearing source row: feed, institution_id, tier, record_key, lp_id,
+    extract_date, event_at, the identity fields (normalised; birth_date as ISO text)."""
+    from pyspark.sql import functions as F
+
+    out = None
+    for feed, df in frames.items():
+        pf = PERSON_FEEDS[feed]
+        cols = set(df.columns)
+
+        def field_(name: str, cols: set[str] = cols) -> Column:
+            value = F.col(name) if name in cols else F.lit(None)
+            return value.cast(_TYPES.get(name, "string")).alias(name)
+
+        local_no = F.coalesce(F.col(pf.local_no), F.concat(F.lit(f"{feed}:"), pf.record_key))
+        rows = df.select(
+            F.lit(feed).alias("feed"), "institution_id", "tier",
+            F.col(pf.record_key).alias("record_key"),
+            F.concat_ws("|", "institution_id", local_no).alias("lp_id"),
+            "extract_date",
+            F.coalesce(*[F.col(c) for c in pf.event_at]).alias("event_at"),
+            F.col("national_id_clean").alias("national_id"),
+            F.when(F.col("is_national_id_valid"), F.col("national_id")).alias("national_id_valid"),
+            field_("name"), field_("name_pinyin_key"), field_("sex"), field_("birth_date"),
+            field_("phone"), field_("area_code"), field_("town_code"), field_("district_code"))
+        out = rows if out is None else out.unionByName(rows)
+    return out
+
+
+def profiles(records: DataFrame) -> DataFrame:
+    """One profile per local patient: its latest registry row, else its latest clinical row."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = Window.partitionBy("lp_id").orderBy(
+        (F.col("feed") == "resident_registry").desc(), F.col("extract_date").desc(),
+        F.col("event_at").desc_nulls_last(), F.col("record_key").desc())
+    return (records.withColumn("_rank", F.row_number().over(order)).where("_rank = 1")
+            .select("lp_id", "institution_id", "tier", "extract_date", *IDENTITY_FIELDS))
+
+
+def accept_links(pairs: DataFrame, lp_person: DataFrame, threshold: float, margin: float
+                 ) -> DataFrame:
+    """From scored (id_new, id_known) pairs, the new local patients that link to exactly one
+    person: (lp_id, person_id, match_probability, n_candidate_persons)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    by_person = (pairs.where(F.col("match_probability") >= threshold - margin)
+                 .join(lp_person.withColumnRenamed("lp_id", "id_known"), "id_known")
+                 .groupBy("id_new", "person_id")
+                 .agg(F.max("match_probability").alias("match_probability")))
+    w = Window.partitionBy("id_new")
+    return (by_person.withColumn("n_candidate_persons", F.count("*").over(w))
+            .where((F.col("n_candidate_persons") == 1) & (F.col("match_probability") >= threshold))
+            .select(F.col("id_new").alias("lp_id"), "person_id", "match_probability",
+                    "n_candidate_persons"))
+
+
+def survivorship(records: DataFrame, links: DataFrame, tier_trust_order: list[str]) -> DataFrame:
+    """The golden record per person: every attribute is the most recent non-null value
+    (by extract date, then event time), ties to the more trusted tier; birth date and sex from
+    a valid national ID first. No identifier in clear."""
+    from pyspark.sql import functions as F
+
+    trust = F.coalesce(*[F.when(F.col("tier") == t, F.lit(len(tier_trust_order) - i))
+                         for i, t in enumerate(tier_trust_order)], F.lit(0))
+    recency = F.struct(F.col("extract_date"), F.col("event_at"), trust.alias("trust"))
+    r = records.join(links.select("feed", "institution_id", "record_key", "person_id"),
+                     ["feed", "institution_id", "record_key"])
+
+    def latest(c: str, rank: Column = recency) -> Column:
+        return F.max_by(F.col(c), F.when(F.col(c).isNotNull(), rank)).alias(c)
+
+    valid_first = F.struct(F.col("national_id_valid").isNotNull(), recency)
+    registry = F.col("feed") == "resident_registry"
+    return r.groupBy("person_id").agg(
+        latest("sex", valid_first), F.to_date(latest("birth_date", valid_first)).alias(
+            "birth_date"),
+        latest("area_code"), latest("town_code"), latest("district_code"),
+        F.max_by("institution_id", F.when(registry, F.struct(-trust, recency)))
+        .alias("primary_institution_id"),
+        F.max(F.col("national_id_valid").isNotNull()).alias("has_valid_national_id"),
+        F.max(registry).alias("has_health_record"),
+        F.countDistinct("lp_id").alias("n_local_records"),
+        F.countDistinct("institution_id").alias("n_institutions"),
+        F.min("extract_date").alias("first_seen_date"),
+        F.max("extract_date").alias("last_seen_date"))
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+def _model(spark: SparkSession, settings: Settings, spec: engine.MatchSpec,
+           training_data: DataFrame) -> dict:
+    """The trained model of the ops zone; trained on ``training_data`` and saved when absent, so
+    every later run (and every re-run) scores with the same parameters."""
+    path = settings.zone_root("ops") / (spec.model_file or "match_models/residents.json")
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    log.info("no trained match model at %s: training on %s", path, "the day's profiles")
+    model = engine.train(spark, training_data, spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(model, indent=1), encoding="utf-8")
+    tmp.replace(path)
+    return model
+
+
+def read_day(spark: SparkSession, settings: Settings, where: str) -> dict[str, DataFrame]:
+    return {feed: read_table(spark, settings, f"silver_std.{feed}").where(where)
+            for feed in PERSON_FEEDS if table_exists(spark, settings, f"silver_std.{feed}")}
+
+
+def resolve_new(spark: SparkSession, new: DataFrame, known: DataFrame, key: bytes,
+                params: MatchingParams, model: dict) -> tuple[DataFrame, dict]:
+    """Person ids for the new local patients' profiles ``new`` given the ``known`` profiles
+    (with person_id). Returns (lp_id, person_id, match_method, match_probability) and counts."""
+    from pyspark.sql import functions as F
+
+    spec = params.spec
+    th = spec.threshold_match_probability
+    cols = ["lp_id", "person_id", "match_method", "match_probability"]
+    det = (new.where(F.col("national_id_valid").isNotNull())
+           .withColumn("person_id", person_id_column(key, F.col("national_id_valid")))
+           .withColumn("match_method", F.lit("national_id"))
+           .withColumn("match_probability", F.lit(1.0))).cache()
+    rest = new.where(F.col("national_id_valid").isNull()).cache()
+    counts = {"new_local_patients": new.count(), "deterministic": det.count(),
+              "without_valid_id": rest.count()}
+    if counts["without_valid_id"] == 0:
+        return det.select(*cols), counts
+    candidates = known.unionByName(det.select(*known.columns))
+    pairs = engine.score_between(spark, rest.select(*_splink_cols()), candidates.select(
+        *_splink_cols()), spec, model, threshold=th - params.ambiguity_margin - 1e-9)
+    linked = accept_links(pairs, candidates.select("lp_id", "person_id"), th,
+                          params.ambiguity_margin).cache()
+    counts["linked_to_known"] = linked.count()
+    left = rest.join(linked.select("lp_id"), "lp_id", "left_anti").cache()
+    counts["left_to_cluster"] = left.count()
+    clusters = engine.dedupe(spark, left.select(*_splink_cols()), spec, model) \
+        if counts["left_to_cluster"] > 1 else left.select(
+            "lp_id", F.col("lp_id").alias("cluster_id"),
+            F.lit(None).cast("double").alias("best_match_probability"),
+            F.lit(1).alias("n_in_cluster"))
+    clustered = clusters.select(
+        "lp_id", person_id_column(key, F.concat(F.lit("cluster:"), "cluster_id")).alias(
+            "person_id"),
+        F.when(F.col("n_in_cluster") > 1, "probabilistic_cluster").otherwise("new_person")
+        .alias("match_method"),
+        F.col("best_match_probability").alias("match_probability"))
+    out = (det.select(*cols)
+           .unionByName(linked.select("lp_id", "person_id",
+                                      F.lit("probabilistic_link").alias("match_method"),
+                                      "match_probability"))
+           .unionByName(clustered))
+    return out, counts
+
+
+def _splink_cols() -> list[str]:
+    return ["lp_id", *IDENTITY_FIELDS]
+
+
+def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
+    """Resolve one extract date: restricted.identity (its new local patients), silver.person_link
+    (its rows) and silver.person (recomputed golden records), each written in one commit."""
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    key = hmac_key(settings)  # refuse before any work without the key
+    params = load_matching_params(settings)
+    day = extract_date.isoformat()
+    records = identity_records(read_day(spark, settings, f"extract_date = DATE'{day}'")).cache()
+    n_records = records.count()
+    day_profiles = profiles(records)
+    if table_exists(spark, settings, "restricted.identity"):
+        state = (read_table(spark, settings, "restricted.identity")
+                 .where(F.col("first_seen") < F.lit(day).cast("date")))
+    else:
+        state = None
+    known = (state.select(*_splink_cols(), "person_id") if state is not None
+             else spark.createDataFrame([], _profile_ddl() + ", person_id string"))
+    new = day_profiles.join(known.select("lp_id"), "lp_id", "left_anti").cache()
+    model = _model(spark, settings, params.spec, day_profiles.select(*_splink_cols()))
+    assigned, counts = resolve_new(spark, new.select(*_splink_cols()), known, key, params, model)
+    assigned = assigned.cache()
+    identity = (new.join(assigned, "lp_id")
+                .select("lp_id", "institution_id", "tier", *IDENTITY_FIELDS, "person_id",
+                        "match_method", "match_probability",
+                        F.lit(day).cast("date").alias("first_seen")))
+    lp_person = (assigned.select("lp_id", "person_id", "match_method", "match_probability")
+                 .unionByName(state.select("lp_id", "person_id", "match_method",
+                                           "match_probability") if state is not None
+                              else assigned.limit(0).select("lp_id", "person_id", "match_method",
+                                                            "match_probability")))
+    links = link_rows(records, lp_person, key).cache()
+    n_links = links.count()
+    if n_links != n_records:
+        raise RuntimeError(f"{day}: {n_records} identity rows but {n_links} links; not written")
+    where = f"extract_date = DATE'{day}'"
+    write_table(identity, settings, "restricted.identity",
+                replace_where=f"first_seen = DATE'{day}'")
+    write_table(links, settings, "silver.person_link", replace_where=where)
+    persons = refresh_persons(spark, settings, params)
+    by_method = {r["match_method"]: r["count"] for r in
+                 links.groupBy("match_method").count().collect()}
+    summary = {"extract_date": day, "identity_rows": n_records, **counts,
+               "links_by_method": by_method, "persons": persons,
+               "seconds": round(time.perf_counter() - started, 1)}
+    log.info("resolve %s: %s", day, summary)
+    for df in (records, new, assigned, links):
+        df.unpersist()
+    return summary
+
+
+def link_rows(records: DataFrame, lp_person: DataFrame, key: bytes) -> DataFrame:
+    """silver.person_link rows: every identity record with its person. A row with its own valid
+    national ID belongs to that ID's person even if its local patient resolved otherwise."""
+    from pyspark.sql import functions as F
+
+    own = person_id_column(key, F.col("national_id_valid"))
+    r = records.join(lp_person, "lp_id", "left")
+    differs = F.col("national_id_valid").isNotNull() & (own != F.col("person_id"))
+    return r.select(
+        "feed", "institution_id", "record_key", "extract_date",
+        F.when(differs, own).otherwise(F.col("person_id")).alias("person_id"),
+        F.when(differs, "national_id_row").otherwise(F.col("match_method")).alias("match_method"),
+        F.when(differs, F.lit(1.0)).otherwise(F.col("match_probability"))
+        .alias("match_probability"))
+
+
+def refresh_persons(spark: SparkSession, settings: Settings, params: MatchingParams) -> int:
+    """Recompute silver.person from every day's identity rows and links (deterministic, so
+    persons no day touched come out unchanged)."""
+    records = identity_records(read_day(spark, settings, "true"))
+    links = read_table(spark, settings, "silver.person_link")
+    persons = survivorship(records, links, params.tier_trust_order).cache()
+    n = persons.count()
+    write_table(persons, settings, "silver.person", mode="overwrite")
+    persons.unpersist()
+    return n
+
+
+def _profile_ddl() -> str:
+    return "lp_id string, " + ", ".join(f"{c} string" for c in IDENTITY_FIELDS)
