@@ -105,6 +105,38 @@ def cmd_standardise(settings: Settings, args: argparse.Namespace) -> dict:
     return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
 
 
+def cmd_resolve(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.silver import resolve
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-resolve")
+    return {d.isoformat(): resolve.run(spark, settings, d) for d in _days(args)}
+
+
+def cmd_curate(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.silver import curate
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-curate")
+    return {d.isoformat(): curate.run(spark, settings, d) for d in _days(args)}
+
+
+def cmd_er_eval(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.silver import evaluate
+    from jobs.spark import get_spark
+
+    return evaluate.evaluate(get_spark(settings, app_name="healthlake-er-eval"), settings)
+
+
+def cmd_match(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.match import job
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-match")
+    return job.run(spark, Path(args.config), Path(args.input), Path(args.output),
+                   Path(args.save_model) if args.save_model else None)
+
+
 def cmd_quarantine(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.ingest import report
     from jobs.spark import get_spark
@@ -139,6 +171,12 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "ingest": (cmd_ingest, "load landed files of a day (or range) into bronze and quarantine"),
     "standardise": (cmd_standardise,
                     "type and validate a day's (or range's) bronze into silver_std, quarantine"),
+    "resolve": (cmd_resolve, "entity resolution of a day's (or range's) residents: person ids, "
+                             "restricted.identity, silver.person_link, silver.person"),
+    "curate": (cmd_curate, "merge a day's (or range's) records into the curated silver tables, "
+                           "with person_id and no identifiers"),
+    "er-eval": (cmd_er_eval, "score entity resolution against the generator's ground truth"),
+    "match": (cmd_match, "deduplicate any table with a match specification (Splink)"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
     "dictionary": (cmd_dictionary, "regenerate docs/data-dictionary.md from schemas/"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
@@ -162,9 +200,14 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, help="random seed (default: conf)")
         if name == "deliver-late":
             p.add_argument("--date", type=_date, required=True)
-        if name in ("ingest", "standardise"):
+        if name in ("ingest", "standardise", "resolve", "curate"):
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
+        if name == "match":
+            p.add_argument("--config", required=True, help="match specification (YAML)")
+            p.add_argument("--input", required=True, help="Delta table, Parquet or CSV")
+            p.add_argument("--output", required=True, help=".csv, .parquet or a Delta folder")
+            p.add_argument("--save-model", help="write the (trained) Splink model here (JSON)")
         if name == "quarantine":
             p.add_argument("--date", type=_date, help="first extract date")
             p.add_argument("--until", type=_date, help="last extract date")

@@ -56,6 +56,8 @@ class SparkSettings:
     jars_dir: str = ".cache/jars"
     delta_packages: list[str] = field(default_factory=list)
     conf: dict[str, str] = field(default_factory=dict)
+    # Where Spark checkpoints (Splink's clustering needs them); shared storage on a cluster.
+    checkpoint_dir: str = ".cache/spark-checkpoints"
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,9 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict 
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
+    checkpoints = settings.spark.checkpoint_dir
+    spark.sparkContext.setCheckpointDir(
+        checkpoints if "://" in checkpoints else str(settings.path(checkpoints)))
     return spark
 
 

@@ -69,7 +69,7 @@ def blank_to_null(col: Column) -> Column:
 # -- identity numbers (GB 11643) -------------------------------------------------------------
 
 
-def _check_char(first17: Column) -> Column:
+def check_char(first17: Column) -> Column:
     """GB 11643 check character of 17 ASCII digits (null in, null out); no casts, so no ANSI
     error can be raised by a bad digit: callers pass only strings matching ``^\\d{17}``."""
     total = None
@@ -126,7 +126,7 @@ def _national_id_parts(clean: Column) -> Column:
                 F.when(is_valid, F.when((F.ascii(F.substring(candidate, 17, 1)) - 48) % 2 == 1,
                                         "male").otherwise("female")).alias("id_sex"),
             )
-        return _let(_check_char(b), result)
+        return _let(check_char(b), result)
 
     return _let(body, with_check)
 
