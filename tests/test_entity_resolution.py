@@ -36,7 +36,8 @@ def test_person_id_is_a_keyed_hash_not_a_plain_one(spark):
 
 
 def test_resolution_refuses_to_run_without_the_key(tmp_path, spark):
-    settings = make_settings(tmp_path, HEALTHLAKE_HMAC_KEY="")
+    settings = make_settings(tmp_path, HEALTHLAKE_HMAC_KEY="",
+                             HEALTHLAKE_SECRETS__HMAC_KEY__FILE=str(tmp_path / "no-key"))
     with pytest.raises(ConfigError, match="hmac_key"):
         resolve.run(spark, settings, CITY_DAYS[0])
 

@@ -171,7 +171,21 @@ def train(spark: SparkSession, df: DataFrame, spec: MatchSpec) -> dict[str, Any]
     for rule in t.em_blocking_rules:
         linker.training.estimate_parameters_using_expectation_maximisation(
             _block(rule), record_sample_proportion=t.em_sample_proportion)
-    return linker.misc.save_model_to_json()
+    return _floor_probabilities(linker.misc.save_model_to_json())
+
+
+# Training can estimate a probability of exactly 0 (a level never seen among matches); Splink
+# refuses to load such a model again, and no evidence should be infinitely strong.
+PROBABILITY_FLOOR = 1e-6
+
+
+def _floor_probabilities(model: dict[str, Any]) -> dict[str, Any]:
+    for comparison in model.get("comparisons", []):
+        for level in comparison.get("comparison_levels", []):
+            for k in ("m_probability", "u_probability"):
+                if level.get(k) is not None and level[k] < PROBABILITY_FLOOR:
+                    level[k] = PROBABILITY_FLOOR
+    return model
 
 
 def _pairs(splink_df, spec: MatchSpec) -> DataFrame:

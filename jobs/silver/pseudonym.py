@@ -41,6 +41,8 @@ def person_id_column(key: bytes, text: Column) -> Column:
 
     @pandas_udf("string")
     def _pid(values: pd.Series) -> pd.Series:
-        return values.map(lambda v: person_id(key, v), na_action="ignore")
+        # Plain objects: pandas 3's Arrow-backed strings do not convert back into Spark.
+        return pd.Series([person_id(key, v) if isinstance(v, str) else None for v in values],
+                         dtype=object, index=values.index)
 
     return _pid(text)

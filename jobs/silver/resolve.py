@@ -259,7 +259,11 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
     key = hmac_key(settings)  # refuse before any work without the key
     params = load_matching_params(settings)
     day = extract_date.isoformat()
-    records = identity_records(read_day(spark, settings, f"extract_date = DATE'{day}'")).cache()
+    frames = read_day(spark, settings, f"extract_date = DATE'{day}'")
+    if not frames:
+        raise FileNotFoundError(f"no silver_std tables yet: run `healthlake standardise --date "
+                                f"{day}` before resolving")
+    records = identity_records(frames).cache()
     n_records = records.count()
     day_profiles = profiles(records)
     if table_exists(spark, settings, "restricted.identity"):
