@@ -18,6 +18,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.generate import generate
     from jobs.ingest import job as ingest
     from jobs.ingest import report
+    from jobs.silver import curate, evaluate, resolve
     from jobs.silver import job as silver
     from jobs.spark import get_spark
 
@@ -43,6 +44,14 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     standardised = {d.isoformat(): silver.run(spark, settings, d) for d in days}
     timings["standardise"] = round(time.perf_counter() - t0, 1)
 
+    t0 = time.perf_counter()
+    resolved = {d.isoformat(): resolve.run(spark, settings, d) for d in days}
+    timings["entity_resolution"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    curated = {d.isoformat(): curate.run(spark, settings, d) for d in days}
+    timings["curate"] = round(time.perf_counter() - t0, 1)
+    scores = evaluate.evaluate(spark, settings)
+
     return {
         "generated": {k: generated[k] for k in ("residents", "institutions", "dates", "files",
                                                 "rows", "faults")},
@@ -58,6 +67,18 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
             day: ", ".join(f"{feed} {c['n_bronze']}={c['n_silver']}+{c['n_rejected']}"
                            for feed, c in r["feeds"].items())
             for day, r in standardised.items()},
+        "entity resolution (healthlake resolve)": {
+            day: f"{r['identity_rows']} rows; {r['new_local_patients']} new local patients: "
+                 f"{r['deterministic']} by national ID, {r.get('linked_to_known', 0)} linked by "
+                 f"Splink, {r.get('left_to_cluster', 0)} clustered as new; "
+                 f"{r['persons']} persons in silver.person"
+            for day, r in resolved.items()},
+        "entity resolution against the ground truth (healthlake er-eval)": {
+            k: scores[k] for k in ("precision", "recall", "f1", "predicted_persons",
+                                   "true_persons")},
+        "curated silver (healthlake curate)": {
+            day: ", ".join(f"{t} {c['distinct_keys']}" for t, c in r["tables"].items())
+            for day, r in curated.items()},
         "seconds": timings,
         "where_to_look": {
             "landing zone": settings.landing_root,
@@ -67,6 +88,6 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
             "lake": ", ".join(f"{z}: {settings.zone_root(z)}" for z in settings.paths.zones),
             "tables": ", ".join(sorted(settings.tables)),
             "try": "healthlake quarantine --rule R_FORM; healthlake deliver-late --date "
-                   f"{days[0]} && healthlake ingest --date {days[0]}",
+                   f"{days[0]} && healthlake ingest --date {days[0]}; healthlake er-eval",
         },
     }

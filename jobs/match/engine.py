@@ -58,6 +58,9 @@ class TrainingSpec:
     # One EM pass per block; each pass trains the comparisons not in its block.
     em_blocking_rules: list[list[str]] = field(default_factory=list)
     em_sample_proportion: float = 1.0
+    # Train on at most this many records (a seeded sample): parameters settle long before a
+    # whole city, and EM cost grows with the square of the block sizes.
+    max_records: int = 200_000
 
 
 @dataclass(frozen=True)
@@ -162,8 +165,11 @@ def _linker(spark: SparkSession, frames: list[DataFrame], settings, link_type: s
 def train(spark: SparkSession, df: DataFrame, spec: MatchSpec) -> dict[str, Any]:
     """Estimate the model on ``df``: prior from the prior rules, u by seeded random sampling,
     m by EM over each training block. Returns Splink's model dict (save it as JSON)."""
-    linker, _, _ = _linker(spark, [df], splink_settings(spec))
     t = spec.training
+    n = df.count()
+    if n > t.max_records:
+        df = df.sample(fraction=t.max_records / n, seed=t.seed)
+    linker, _, _ = _linker(spark, [df], splink_settings(spec))
     if t.prior_rules:
         linker.training.estimate_probability_two_random_records_match(
             [_block(r) for r in t.prior_rules], recall=t.prior_recall)

@@ -1,0 +1,170 @@
+"""Entity resolution quality and time, beside plain Splink on the same data and SparkSession.
+
+    .venv/bin/python benchmarks/entity_resolution.py --residents 100000 --days 2
+    .venv/bin/python benchmarks/entity_resolution.py --full-city --days 1
+
+1. Generates the city (kept under --out and reused when it is already there), ingests and
+   standardises its days into a fresh lake.
+2. healthlake: `healthlake resolve` day by day (first day trains the model), then `er-eval`
+   against the ground truth: pairwise precision, recall, F1.
+3. Plain Splink, same session, same rows: every person-bearing row of those days deduplicated
+   at once with a plain configuration (exact ID, name, birth date, sex, phone, area; blocking on
+   birth date, phone and ID; u by random sampling, EM on two blocks; clusters at 0.99), scored
+   with the same pairwise figures.
+Updates the section "Entity resolution" of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, peak_rss_gib, update_doc  # noqa: E402
+from jobs.config import environ_under, load  # noqa: E402
+
+SECTION = "Entity resolution"
+START = dt.date(2024, 4, 15)
+
+PLAIN_SPLINK = {
+    "unique_id_column": "row_id",
+    "threshold_match_probability": 0.99,
+    "blocking_rules": [["birth_date"], ["phone"], ["national_id"]],
+    "comparisons": [{"function": "ExactMatch", "column": c}
+                    for c in ("national_id", "name", "birth_date", "sex", "phone", "area_code")],
+    "training": {"prior_rules": [["national_id"]], "prior_recall": 0.9, "u_max_pairs": 2_000_000,
+                 "seed": 42, "em_blocking_rules": [["birth_date"], ["national_id"]]},
+}
+
+
+def prepare(root: Path, residents: int | None, full_city: bool, days: int) -> dict:
+    """Generate (unless this exact city is there), then ingest and standardise into a fresh
+    lake. Returns the settings and the seconds of each step."""
+    from jobs.generate import generate
+    from jobs.ingest import job as ingest
+    from jobs.silver import job as standardise
+    from jobs.spark import get_spark
+
+    env = environ_under(root) | {"HEALTHLAKE_HMAC_KEY": "benchmark-key-not-for-production"}
+    settings = load(environ=env)
+    marker = root / "generated.json"
+    want = {"residents": residents, "full_city": full_city, "days": days}
+    seconds = {}
+    if not (marker.exists() and json.loads(marker.read_text())["params"] == want):
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = generate(settings, residents=residents, full_city=full_city, start_date=START,
+                           days=days)
+        seconds["generate"] = round(time.perf_counter() - t0, 1)
+        marker.write_text(json.dumps({"params": want, "summary": summary}, default=str))
+    shutil.rmtree(root / "lake", ignore_errors=True)
+    spark = get_spark(settings, app_name="benchmark-er")
+    dates = [START + dt.timedelta(days=i) for i in range(days)]
+    t0 = time.perf_counter()
+    for d in dates:
+        ingest.run(spark, settings, d)
+    seconds["ingest"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    for d in dates:
+        standardise.run(spark, settings, d)
+    seconds["standardise"] = round(time.perf_counter() - t0, 1)
+    return {"settings": settings, "spark": spark, "dates": dates, "seconds": seconds,
+            "generated": json.loads(marker.read_text())["summary"]}
+
+
+def plain_splink(spark, settings) -> dict:
+    """Plain Splink over every identity row of the lake, scored against the ground truth."""
+    from pyspark.sql import functions as F
+
+    from jobs.match import engine
+    from jobs.silver import resolve
+    from jobs.silver.evaluate import ground_truth_records, pairwise_scores
+
+    records = resolve.identity_records(resolve.read_day(spark, settings, "true"))
+    rows = records.withColumn("row_id", F.concat_ws(
+        "|", "feed", "institution_id", "record_key", F.col("extract_date").cast("string")))
+    rows = rows.select("row_id", "feed", "institution_id", "record_key", "extract_date",
+                       "national_id", "name", "birth_date", "sex", "phone", "area_code").cache()
+    n = rows.count()
+    spec = engine.load_spec(PLAIN_SPLINK, "plain")
+    t0 = time.perf_counter()
+    model = engine.train(spark, rows, spec)
+    clusters = engine.dedupe(spark, rows.drop("feed", "institution_id", "record_key",
+                                              "extract_date"), spec, model).cache()
+    clusters.count()
+    seconds = round(time.perf_counter() - t0, 1)
+    items = (rows.join(clusters, "row_id")
+             .join(ground_truth_records(spark, settings),
+                   ["extract_date", "feed", "institution_id", "record_key"]))
+    scores = pairwise_scores(items, predicted="cluster_id", truth="person_key")
+    return {"rows": n, "seconds": seconds, **scores}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--residents", type=int, default=100_000)
+    ap.add_argument("--full-city", action="store_true")
+    ap.add_argument("--days", type=int, default=2)
+    ap.add_argument("--no-baseline", action="store_true", help="skip plain Splink")
+    ap.add_argument("--out", default="/tmp/healthlake-bench-er")
+    args = ap.parse_args()
+    started = time.perf_counter()
+    p = prepare(Path(args.out), None if args.full_city else args.residents, args.full_city,
+                args.days)
+    spark, settings = p["spark"], p["settings"]
+
+    from jobs.silver import evaluate, resolve
+
+    t0 = time.perf_counter()
+    per_day = {d.isoformat(): resolve.run(spark, settings, d) for d in p["dates"]}
+    er_seconds = round(time.perf_counter() - t0, 1)
+    ours = evaluate.evaluate(spark, settings)
+    base = None if args.no_baseline else plain_splink(spark, settings)
+    total = round(time.perf_counter() - started, 1)
+
+    who = "full city (2.44 M residents)" if args.full_city else f"{args.residents:,} residents"
+    cmd = ("`.venv/bin/python benchmarks/entity_resolution.py "
+           + ("--full-city" if args.full_city else f"--residents {args.residents}")
+           + f" --days {args.days}" + (" --no-baseline" if args.no_baseline else "") + "`")
+    lines = [
+        f"Command: {cmd}  ", f"Machine: {machine()}  ",
+        f"Data: {who}, {args.days} extract day(s) from {START}, default fault and variation "
+        f"rates; {ours['items']:,} person-bearing rows ({ours['true_persons']:,} true persons).  ",
+        f"Preparation (s): {p['seconds']}; whole run {total} s; peak memory: driver "
+        f"{peak_rss_gib():.1f} GiB, Spark JVM {peak_rss_gib(children=True):.1f} GiB.",
+        "",
+        "| run | seconds | precision | recall | F1 | persons (true) | false-merge persons | split true persons |",
+        "|---|---|---|---|---|---|---|---|",
+        f"| healthlake resolve | {er_seconds} | {ours['precision']:.4f} | {ours['recall']:.4f} | "
+        f"{ours['f1']:.4f} | {ours['predicted_persons']:,} ({ours['true_persons']:,}) | "
+        f"{ours['persons_merging_several_true']} | {ours['true_persons_split']} |",
+    ]
+    if base:
+        lines.append(
+            f"| plain Splink, same rows and session | {base['seconds']} | "
+            f"{base['precision']:.4f} | {base['recall']:.4f} | {base['f1']:.4f} | "
+            f"{base['predicted_persons']:,} ({base['true_persons']:,}) | "
+            f"{base['persons_merging_several_true']} | {base['true_persons_split']} |")
+        lines += ["", f"Time ratio healthlake / plain Splink: "
+                      f"{er_seconds / base['seconds']:.2f}."]
+    lines += ["", "healthlake per day (s, new local patients: by ID / linked / clustered): "
+              + "; ".join(f"{d} {r['seconds']} s ({r['deterministic']:,} / "
+                          f"{r.get('linked_to_known', 0):,} / {r.get('left_to_cluster', 0):,})"
+                          for d, r in per_day.items()) + ".",
+              "", "Rows that end with their true person's majority person, by identity "
+              "variation: " + ", ".join(f"{k} {v['with_majority']:.4f} ({v['rows']:,})"
+                                        for k, v in ours["by_variation"].items()) + "."]
+    body = "\n".join(lines)
+    update_doc(f"{SECTION}: {who}", body)
+    print(body)
+
+
+if __name__ == "__main__":
+    main()
