@@ -124,7 +124,8 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
             if unlinked:
                 raise RuntimeError(f"{day}: {unlinked} {feed} rows have no person_id; run "
                                    f"`healthlake resolve --date {day}` first")
-        merge_into(spark, settings, rows, spec)
+        if n_rows or not table_exists(spark, settings, spec.table):
+            merge_into(spark, settings, rows, spec)
         rows.unpersist()
         counts[spec.table] = {"rows_in": n_in, "distinct_keys": n_rows,
                               "duplicates_merged": n_in - n_rows}

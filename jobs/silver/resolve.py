@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +33,7 @@ from jobs.config import Settings, build_dataclass, require
 from jobs.lake import read_table, table_exists, write_table
 from jobs.match import engine
 from jobs.silver.pseudonym import hmac_key, person_id_column
+from jobs.timing import Stopwatch
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -130,8 +130,9 @@ def profiles(records: DataFrame) -> DataFrame:
 
 def accept_links(pairs: DataFrame, lp_person: DataFrame, threshold: float, margin: float
                  ) -> DataFrame:
-    """From scored (id_new, id_known) pairs, the new local patients that link to exactly one
-    person: (lp_id, person_id, match_probability, n_candidate_persons)."""
+    """Per new local patient, every person it scores at or above the threshold (minus the
+    margin) with: (lp_id, person_id, match_probability, n_candidate_persons). Those with exactly
+    one candidate at or above the threshold link to it; more than one is ambiguous."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -141,7 +142,6 @@ def accept_links(pairs: DataFrame, lp_person: DataFrame, threshold: float, margi
                  .agg(F.max("match_probability").alias("match_probability")))
     w = Window.partitionBy("id_new")
     return (by_person.withColumn("n_candidate_persons", F.count("*").over(w))
-            .where((F.col("n_candidate_persons") == 1) & (F.col("match_probability") >= threshold))
             .select(F.col("id_new").alias("lp_id"), "person_id", "match_probability",
                     "n_candidate_persons"))
 
@@ -202,9 +202,11 @@ def read_day(spark: SparkSession, settings: Settings, where: str) -> dict[str, D
 
 
 def resolve_new(spark: SparkSession, new: DataFrame, known: DataFrame, key: bytes,
-                params: MatchingParams, model: dict) -> tuple[DataFrame, dict]:
+                params: MatchingParams, model: dict, watch: Stopwatch | None = None
+                ) -> tuple[DataFrame, dict, DataFrame | None]:
     """Person ids for the new local patients' profiles ``new`` given the ``known`` profiles
-    (with person_id). Returns (lp_id, person_id, match_method, match_probability) and counts."""
+    (with person_id). Returns (lp_id, person_id, match_method, match_probability), counts, and
+    the merge candidates (person_event rows without the date) or None."""
     from pyspark.sql import functions as F
 
     spec = params.spec
@@ -215,18 +217,25 @@ def resolve_new(spark: SparkSession, new: DataFrame, known: DataFrame, key: byte
            .withColumn("match_method", F.lit("national_id"))
            .withColumn("match_probability", F.lit(1.0))).cache()
     rest = new.where(F.col("national_id_valid").isNull()).cache()
+    watch = watch or Stopwatch()
     counts = {"new_local_patients": new.count(), "deterministic": det.count(),
               "without_valid_id": rest.count()}
+    watch.lap("deterministic")
     if counts["without_valid_id"] == 0:
-        return det.select(*cols), counts
+        return det.select(*cols), counts, None
     candidates = known.unionByName(det.select(*known.columns))
     pairs = engine.score_between(spark, rest.select(*_splink_cols()), candidates.select(
         *_splink_cols()), spec, model, threshold=th - params.ambiguity_margin - 1e-9)
-    linked = accept_links(pairs, candidates.select("lp_id", "person_id"), th,
-                          params.ambiguity_margin).cache()
+    found = accept_links(pairs, candidates.select("lp_id", "person_id"), th,
+                         params.ambiguity_margin).cache()
+    linked = found.where((F.col("n_candidate_persons") == 1)
+                         & (F.col("match_probability") >= th))
+    ambiguous = found.where(F.col("n_candidate_persons") > 1)
     counts["linked_to_known"] = linked.count()
+    counts["ambiguous"] = ambiguous.select("lp_id").distinct().count()
     left = rest.join(linked.select("lp_id"), "lp_id", "left_anti").cache()
     counts["left_to_cluster"] = left.count()
+    watch.lap("splink_link_to_known")
     clusters = engine.dedupe(spark, left.select(*_splink_cols()), spec, model) \
         if counts["left_to_cluster"] > 1 else left.select(
             "lp_id", F.col("lp_id").alias("cluster_id"),
@@ -242,8 +251,17 @@ def resolve_new(spark: SparkSession, new: DataFrame, known: DataFrame, key: byte
            .unionByName(linked.select("lp_id", "person_id",
                                       F.lit("probabilistic_link").alias("match_method"),
                                       "match_probability"))
-           .unionByName(clustered))
-    return out, counts
+           .unionByName(clustered)).cache()
+    out.count()
+    watch.lap("splink_cluster_new")
+    # A local patient close to several persons is kept apart: record the possible merge.
+    events = (ambiguous.join(out.select("lp_id", F.col("person_id").alias("other_person_id")),
+                             "lp_id")
+              .select(F.lit("merge_candidate").alias("event_type"), "person_id",
+                      "other_person_id", "match_probability",
+                      F.lit("a new local patient scored at or above the threshold with several "
+                            "persons; it was linked to none").alias("detail")))
+    return out, counts, events
 
 
 def _splink_cols() -> list[str]:
@@ -255,7 +273,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
     (its rows) and silver.person (recomputed golden records), each written in one commit."""
     from pyspark.sql import functions as F
 
-    started = time.perf_counter()
+    watch = Stopwatch()
     key = hmac_key(settings)  # refuse before any work without the key
     params = load_matching_params(settings)
     day = extract_date.isoformat()
@@ -265,6 +283,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
                                 f"{day}` before resolving")
     records = identity_records(frames).cache()
     n_records = records.count()
+    watch.lap("read")
     day_profiles = profiles(records)
     if table_exists(spark, settings, "restricted.identity"):
         state = (read_table(spark, settings, "restricted.identity")
@@ -274,9 +293,11 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
     known = (state.select(*_splink_cols(), "person_id") if state is not None
              else spark.createDataFrame([], _profile_ddl() + ", person_id string"))
     new = day_profiles.join(known.select("lp_id"), "lp_id", "left_anti").cache()
+    watch.lap("state")
     model = _model(spark, settings, params.spec, day_profiles.select(*_splink_cols()))
-    assigned, counts = resolve_new(spark, new.select(*_splink_cols()), known, key, params, model)
-    assigned = assigned.cache()
+    watch.lap("model")
+    assigned, counts, merge_events = resolve_new(
+        spark, new.select(*_splink_cols()), known, key, params, model, watch)
     identity = (new.join(assigned, "lp_id")
                 .select("lp_id", "institution_id", "tier", *IDENTITY_FIELDS, "person_id",
                         "match_method", "match_probability",
@@ -286,24 +307,47 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
                                            "match_probability") if state is not None
                               else assigned.limit(0).select("lp_id", "person_id", "match_method",
                                                             "match_probability")))
-    links = link_rows(records, lp_person, key).cache()
+    links = link_rows(records, lp_person, key).cache()  # lp_person_id: for split events
     n_links = links.count()
+    watch.lap("links")
     if n_links != n_records:
         raise RuntimeError(f"{day}: {n_records} identity rows but {n_links} links; not written")
     where = f"extract_date = DATE'{day}'"
     write_table(identity, settings, "restricted.identity",
                 replace_where=f"first_seen = DATE'{day}'")
-    write_table(links, settings, "silver.person_link", replace_where=where)
+    write_table(links.drop("lp_person_id"), settings, "silver.person_link", replace_where=where)
+    events = person_events(links, merge_events, day)
+    counts["events"] = {r["event_type"]: r["count"]
+                        for r in events.groupBy("event_type").count().collect()}
+    write_table(events, settings, "silver.person_event", replace_where=where)
+    watch.lap("write")
     persons = refresh_persons(spark, settings, params)
+    watch.lap("persons")
     by_method = {r["match_method"]: r["count"] for r in
                  links.groupBy("match_method").count().collect()}
     summary = {"extract_date": day, "identity_rows": n_records, **counts,
                "links_by_method": by_method, "persons": persons,
-               "seconds": round(time.perf_counter() - started, 1)}
+               "seconds": watch.total, "seconds_by_step": watch.steps}
     log.info("resolve %s: %s", day, summary)
     for df in (records, new, assigned, links):
         df.unpersist()
     return summary
+
+
+def person_events(links: DataFrame, merge_events: DataFrame | None, day: str) -> DataFrame:
+    """silver.person_event rows of a day: splits (a row whose own valid national ID takes it
+    away from its local patient's person) and merge candidates (ambiguous new local patients)."""
+    from pyspark.sql import functions as F
+
+    splits = (links.where(F.col("match_method") == "national_id_row")
+              .select(F.lit("split").alias("event_type"),
+                      F.col("lp_person_id").alias("person_id"),
+                      F.col("person_id").alias("other_person_id"), "match_probability",
+                      F.lit("a row carries a valid national ID other than its local patient's; "
+                            "the row went to that ID's person").alias("detail"))
+              .distinct())
+    events = splits if merge_events is None else splits.unionByName(merge_events)
+    return events.withColumn("extract_date", F.lit(day).cast("date"))
 
 
 def link_rows(records: DataFrame, lp_person: DataFrame, key: bytes) -> DataFrame:
@@ -319,7 +363,8 @@ def link_rows(records: DataFrame, lp_person: DataFrame, key: bytes) -> DataFrame
         F.when(differs, own).otherwise(F.col("person_id")).alias("person_id"),
         F.when(differs, "national_id_row").otherwise(F.col("match_method")).alias("match_method"),
         F.when(differs, F.lit(1.0)).otherwise(F.col("match_probability"))
-        .alias("match_probability"))
+        .alias("match_probability"),
+        F.col("person_id").alias("lp_person_id"))
 
 
 def refresh_persons(spark: SparkSession, settings: Settings, params: MatchingParams) -> int:
