@@ -156,6 +156,12 @@ def cmd_dictionary(settings: Settings, args: argparse.Namespace) -> dict:
     return {"written": dictionary.write()}
 
 
+def cmd_metrics_doc(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.gold import catalogue
+
+    return {"written": catalogue.write(settings=settings)}
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import demo
 
@@ -179,6 +185,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "match": (cmd_match, "deduplicate any table with a match specification (Splink)"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
     "dictionary": (cmd_dictionary, "regenerate docs/data-dictionary.md from schemas/"),
+    "metrics-doc": (cmd_metrics_doc,
+                    "regenerate docs/metric-catalogue.md from the metric catalogue (conf)"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 

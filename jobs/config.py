@@ -93,6 +93,10 @@ class Settings:
     silver: dict[str, Any] = field(default_factory=dict)
     # Entity resolution (conf/base/matching.yaml), validated by jobs.silver.resolve.
     matching: dict[str, Any] = field(default_factory=dict)
+    # The gold metric catalogue and its standard population (conf/base/metrics.yaml), validated
+    # by jobs.gold.catalogue.
+    metrics: dict[str, Any] = field(default_factory=dict)
+    standard_population: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

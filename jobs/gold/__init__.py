@@ -1,0 +1,1 @@
+"""Gold layer: aggregates for the bureau (metrics, data-quality scorecard, the index)."""
