@@ -140,7 +140,8 @@ def main() -> None:
         f"Preparation (s): {p['seconds']}; whole run {total} s; peak memory: driver "
         f"{peak_rss_gib():.1f} GiB, Spark JVM {peak_rss_gib(children=True):.1f} GiB.",
         "",
-        "| run | seconds | precision | recall | F1 | persons (true) | false-merge persons | split true persons |",
+        "| run | seconds | precision | recall | F1 | persons (true) | false-merge persons "
+        "| split true persons |",
         "|---|---|---|---|---|---|---|---|",
         f"| healthlake resolve | {er_seconds} | {ours['precision']:.4f} | {ours['recall']:.4f} | "
         f"{ours['f1']:.4f} | {ours['predicted_persons']:,} ({ours['true_persons']:,}) | "
@@ -158,6 +159,8 @@ def main() -> None:
               + "; ".join(f"{d} {r['seconds']} s ({r['deterministic']:,} / "
                           f"{r.get('linked_to_known', 0):,} / {r.get('left_to_cluster', 0):,})"
                           for d, r in per_day.items()) + ".",
+              "", "healthlake seconds by step: " + "; ".join(
+                  f"{d} {r['seconds_by_step']}" for d, r in per_day.items()) + ".",
               "", "Rows that end with their true person's majority person, by identity "
               "variation: " + ", ".join(f"{k} {v['with_majority']:.4f} ({v['rows']:,})"
                                         for k, v in ours["by_variation"].items()) + "."]
