@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -273,11 +274,11 @@ def _record_origins(value: Any, dotted: str, source: str, origins: dict[str, str
 
 def origin_of(key: str, origins: dict[str, str]) -> str:
     """The file or environment variable a dotted key (or its nearest parent) came from."""
-    probe = key
+    probe = re.sub(r"(\[\d+\])+$", "", key)  # an item of a list came with its list
     while probe:
         if origins.get(probe):
             return origins[probe]
-        probe = probe.rpartition(".")[0]
+        probe = re.sub(r"(\[\d+\])+$", "", probe.rpartition(".")[0])
     return "configuration"
 
 
