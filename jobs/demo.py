@@ -16,6 +16,7 @@ from jobs.config import Settings
 def run(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import check
     from jobs.generate import generate
+    from jobs.gold import metrics
     from jobs.ingest import job as ingest
     from jobs.ingest import report
     from jobs.silver import curate, evaluate, resolve
@@ -52,6 +53,11 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     timings["curate"] = round(time.perf_counter() - t0, 1)
     scores = evaluate.evaluate(spark, settings)
 
+    t0 = time.perf_counter()
+    gold = metrics.run(spark, settings, days[-1])
+    timings["gold"] = round(time.perf_counter() - t0, 1)
+    headline = headline_metrics(spark, settings, gold["years"][-1])
+
     return {
         "generated": {k: generated[k] for k in ("residents", "institutions", "dates", "files",
                                                 "rows", "faults")},
@@ -79,6 +85,7 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
         "curated silver (healthlake curate)": {
             day: ", ".join(f"{t} {c['distinct_keys']}" for t, c in r["tables"].items())
             for day, r in curated.items()},
+        f"headline metrics, city, {gold['years'][-1]} (gold.metric_value)": headline,
         "seconds": timings,
         "where_to_look": {
             "landing zone": settings.landing_root,
@@ -91,3 +98,30 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
                    f"{days[0]} && healthlake ingest --date {days[0]}; healthlake er-eval",
         },
     }
+
+
+HEADLINE = ["ehr_coverage", "hypertension_prevalence_crude", "hypertension_prevalence_age_std",
+            "diabetes_prevalence_crude", "visits_per_1000", "online_visit_share",
+            "mutual_recognition_rate", "digital_referral_share"]
+
+
+def headline_metrics(spark, settings: Settings, year: int) -> dict:
+    """A few city-level figures of the year with their catalogue names."""
+    from pyspark.sql import functions as F
+
+    from jobs.gold.catalogue import load_catalogue
+    from jobs.gold.metrics import GRAIN_COLUMNS
+    from jobs.lake import read_table
+
+    catalogue = load_catalogue(settings)
+    rows = (read_table(spark, settings, "gold.metric_value")
+            .where((F.col("period") == str(year)) & F.col("metric_id").isin(HEADLINE))
+            .where(" AND ".join(f"{c} IS NULL" for c in GRAIN_COLUMNS)).collect())
+    units = {"percent": "%", "per_1000": " per 1,000"}
+    out = {}
+    for r in sorted(rows, key=lambda r: HEADLINE.index(r["metric_id"])):
+        m = catalogue.metric(r["metric_id"])
+        value = "n/a" if r["value"] is None else f"{r['value']:.2f}{units.get(m.unit, '')}"
+        out[f"{m.name_en} ({m.name_zh})"] = (f"{value} ({r['numerator']:.0f} / "
+                                             f"{r['denominator']:.0f})")
+    return out

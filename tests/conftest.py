@@ -71,3 +71,34 @@ def ingested_city(spark, settings):
     return {"summary": summary, "runs": runs, "days": CITY_DAYS,
             "faults": pd.read_parquet(truth / "faults"),
             "records": pd.read_parquet(truth / "records")}
+
+
+ER_DAYS = CITY_DAYS[:2]  # two days show incremental linking; a third would add only minutes
+
+
+@pytest.fixture(scope="session")
+def resolved_city(spark, settings, ingested_city):
+    """The session city's first two days standardised, resolved and curated day by day; person
+    links and persons captured after the first day, to compare with what the second leaves."""
+    from jobs.lake import read_table
+    from jobs.silver import curate, resolve
+    from jobs.silver import job as standardise
+
+    snapshots = {}
+    for day in ER_DAYS:
+        standardise.run(spark, settings, day)
+        resolve.run(spark, settings, day)
+        curate.run(spark, settings, day)
+        if day == ER_DAYS[0]:
+            snapshots["links"] = person_links(spark, settings)
+            snapshots["persons"] = read_table(spark, settings, "silver.person").toPandas()
+    return {**ingested_city, **snapshots}
+
+
+def person_links(spark, settings):
+    """silver.person_link as pandas, in a stable order."""
+    from jobs.lake import read_table
+
+    return (read_table(spark, settings, "silver.person_link").toPandas()
+            .sort_values(["extract_date", "feed", "institution_id", "record_key"])
+            .reset_index(drop=True))

@@ -15,10 +15,9 @@ import pytest
 from jobs.config import ConfigError
 from jobs.lake import read_table
 from jobs.silver import curate, resolve
-from jobs.silver import job as standardise
 from jobs.silver.evaluate import evaluate
 from jobs.silver.pseudonym import person_id, person_id_column
-from tests.conftest import CITY_DAYS, make_settings
+from tests.conftest import ER_DAYS, make_settings, person_links
 
 # -- pseudonyms ---------------------------------------------------------------------------------
 
@@ -39,7 +38,7 @@ def test_resolution_refuses_to_run_without_the_key(tmp_path, spark):
     settings = make_settings(tmp_path, HEALTHLAKE_HMAC_KEY="",
                              HEALTHLAKE_SECRETS__HMAC_KEY__FILE=str(tmp_path / "no-key"))
     with pytest.raises(ConfigError, match="hmac_key"):
-        resolve.run(spark, settings, CITY_DAYS[0])
+        resolve.run(spark, settings, ER_DAYS[0])
 
 
 def test_a_misspelt_comparison_names_its_key(settings):
@@ -102,30 +101,6 @@ def test_match_deduplicates_a_customer_table_from_its_yaml(tmp_path, spark):
 # -- the generated city ---------------------------------------------------------------------------
 
 
-ER_DAYS = CITY_DAYS[:2]  # two days show incremental linking; a second would add only minutes
-
-
-@pytest.fixture(scope="module")
-def resolved_city(spark, settings, ingested_city):
-    """The session city's first two days standardised, resolved and curated day by day; person
-    links and persons captured after the first day, to compare with what the second leaves."""
-    snapshots = {}
-    for day in ER_DAYS:
-        standardise.run(spark, settings, day)
-        resolve.run(spark, settings, day)
-        curate.run(spark, settings, day)
-        if day == ER_DAYS[0]:
-            snapshots["links"] = _links(spark, settings)
-            snapshots["persons"] = read_table(spark, settings, "silver.person").toPandas()
-    return {**ingested_city, **snapshots}
-
-
-def _links(spark, settings) -> pd.DataFrame:
-    return (read_table(spark, settings, "silver.person_link").toPandas()
-            .sort_values(["extract_date", "feed", "institution_id", "record_key"])
-            .reset_index(drop=True))
-
-
 def test_city_resolution_is_precise_first_and_finds_the_duplicates(spark, settings, resolved_city):
     scores = evaluate(spark, settings)
     assert scores["rows_without_truth"] == 0
@@ -137,7 +112,7 @@ def test_city_resolution_is_precise_first_and_finds_the_duplicates(spark, settin
 
 
 def test_every_source_row_is_linked_once(spark, settings, resolved_city):
-    links = _links(spark, settings)
+    links = person_links(spark, settings)
     keys = ["extract_date", "feed", "institution_id", "record_key"]
     assert not links.duplicated(keys).any() and links["person_id"].notna().all()
     events = read_table(spark, settings, "silver.person_event").toPandas()
@@ -150,7 +125,7 @@ def test_every_source_row_is_linked_once(spark, settings, resolved_city):
 
 
 def test_a_new_day_changes_only_the_persons_it_touches(spark, settings, resolved_city):
-    before, after = resolved_city["links"], _links(spark, settings)
+    before, after = resolved_city["links"], person_links(spark, settings)
     second = after["extract_date"] == ER_DAYS[1]
     pd.testing.assert_frame_equal(after[~second].reset_index(drop=True), before)
     persons_before = resolved_city["persons"].set_index("person_id").sort_index()
@@ -162,12 +137,12 @@ def test_a_new_day_changes_only_the_persons_it_touches(spark, settings, resolved
 
 
 def test_rerunning_a_day_changes_no_person_id(spark, settings, resolved_city):
-    links_before = _links(spark, settings)
+    links_before = person_links(spark, settings)
     identity_before = read_table(spark, settings, "restricted.identity").toPandas()
     encounters_before = read_table(spark, settings, "silver.encounter").count()
     resolve.run(spark, settings, ER_DAYS[1])
     curate.run(spark, settings, ER_DAYS[1])
-    pd.testing.assert_frame_equal(_links(spark, settings), links_before)
+    pd.testing.assert_frame_equal(person_links(spark, settings), links_before)
     identity_after = read_table(spark, settings, "restricted.identity").toPandas()
     cols = sorted(identity_before.columns)
     pd.testing.assert_frame_equal(
@@ -202,7 +177,7 @@ def test_curated_person_is_a_golden_record(spark, settings, resolved_city):
     assert persons["birth_date"].notna().all() and persons["district_code"].notna().all()
     truth = pd.read_parquet(settings.ground_truth_root / "persons.parquet")
     # Most persons are exactly one true resident; their golden sex and birth date are true.
-    links = _links(spark, settings)
+    links = person_links(spark, settings)
     records = resolved_city["records"].drop_duplicates(
         ["extract_date", "feed", "institution_id", "record_key"])
     records["extract_date"] = pd.to_datetime(records["extract_date"]).dt.date

@@ -1,0 +1,321 @@
+"""Gold population-health and service-use metrics (gold.metric_value), yearly, from the curated
+silver tables and the reference population; every number is a catalogue entry
+(conf/base/metrics.yaml, :mod:`jobs.gold.catalogue`).
+
+Long format, one row per metric, period and combination of grains: ``metric_id``,
+``period_type`` ('year'), ``period`` ('2024'), the grain columns of :data:`GRAIN_COLUMNS` (null
+means "all": a row with every grain null is the city), ``numerator``, ``denominator``, ``value``
+(percent x100, per-1,000 x1000, counts as they are).
+
+Population denominators come from reference/population.csv (by district, age band and sex),
+never from the registry. Residents' grains (district, age band, sex) come from the golden record
+``silver.person``; ages are at the end of the year. A run recomputes exactly the years it is
+given, replacing their rows in one commit per year.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from jobs.config import Settings
+from jobs.gold.catalogue import MetricCatalogue, load_catalogue
+from jobs.lake import read_table, table_exists, write_table
+from jobs.timing import Stopwatch
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+GRAIN_COLUMNS = ["district_code", "town_code", "institution_id", "tier", "to_tier", "channel",
+                 "condition", "icd10_category", "age_band", "sex"]
+RESIDENT_DIMS = ["district_code", "age_band", "sex"]
+ADULT_AGE = 18
+# Share of the 15-19 band aged 18 or 19 (ages spread evenly within the band).
+ADULT_SHARE_OF_BAND = {"15-19": 0.4}
+CHANNEL_OF_ENCOUNTER = {"online": "online", "home_care": "home_care"}  # anything else: on_site
+
+
+@dataclass(frozen=True)
+class YearInputs:
+    """Everything one year's metrics read, as DataFrames (I/O done by :func:`read_inputs`)."""
+
+    year: int
+    persons: DataFrame          # person_id, sex, district_code, town_code, age, age_band
+    population: DataFrame       # district_code, age_band, sex, population (double)
+    encounters: DataFrame
+    followups: DataFrame
+    health_records: DataFrame
+    lab_results: DataFrame
+    referrals: DataFrame
+    institutions: DataFrame
+    standard_weights: dict[str, float]
+
+
+# -- building blocks ----------------------------------------------------------------------------
+
+
+def age_band(age: Column) -> Column:
+    """'0-4', ..., '80-84', '85+' (the generator's and the reference population's bands)."""
+    from pyspark.sql import functions as F
+
+    lo = F.least(F.floor(age / 5) * 5, F.lit(85)).cast("int")
+    return F.when(lo >= 85, F.lit("85+")).otherwise(F.concat(lo.cast("string"), F.lit("-"),
+                                                             (lo + 4).cast("string")))
+
+
+def persons_at(persons: DataFrame, year: int) -> DataFrame:
+    """Residents with their age and age band at the end of ``year``."""
+    from pyspark.sql import functions as F
+
+    end = F.lit(dt.date(year, 12, 31))
+    age = F.floor(F.months_between(end, F.col("birth_date")) / 12).cast("int")
+    return persons.select("person_id", "sex", "district_code", "town_code",
+                          age.alias("age")).withColumn("age_band", age_band(F.col("age")))
+
+
+def adult_population(population: DataFrame) -> DataFrame:
+    """The reference population aged 18+: bands below 15 out, 2/5 of 15-19."""
+    from pyspark.sql import functions as F
+
+    share = F.lit(1.0)
+    for band, s in ADULT_SHARE_OF_BAND.items():
+        share = F.when(F.col("age_band") == band, F.lit(s)).otherwise(share)
+    young = F.split("age_band", "[-+]")[0].cast("int") < 15
+    return population.where(~young).withColumn("population", F.col("population") * share)
+
+
+def _complete(df: DataFrame, metric_id: str, year: int) -> DataFrame:
+    """Add the identity columns and every missing grain column (null = all)."""
+    from pyspark.sql import functions as F
+
+    for c in GRAIN_COLUMNS:
+        if c not in df.columns:
+            df = df.withColumn(c, F.lit(None).cast("string"))
+    return df.select(F.lit(metric_id).alias("metric_id"), F.lit("year").alias("period_type"),
+                     F.lit(str(year)).alias("period"), *GRAIN_COLUMNS,
+                     F.col("numerator").cast("double"), F.col("denominator").cast("double"),
+                     F.col("value").cast("double"))
+
+
+def over_population(facts: DataFrame, population: DataFrame, metric_id: str, year: int,
+                    scale: float = 100.0, extra_dims: tuple[str, ...] = ()) -> DataFrame:
+    """Count distinct persons (or rows, when ``facts`` has no person_id) per cube of the resident
+    dimensions (and ``extra_dims``), over the reference population of the same residents."""
+    from pyspark.sql import functions as F
+
+    dims = RESIDENT_DIMS + list(extra_dims)
+    count = (F.countDistinct("person_id") if "person_id" in facts.columns
+             else F.count("*")).alias("numerator")
+    num = facts.cube(*dims).agg(count)
+    den = population.cube(*RESIDENT_DIMS).agg(F.sum("population").alias("denominator"))
+    on = [num[c].eqNullSafe(den[c]) for c in RESIDENT_DIMS]
+    joined = den.join(num, on, "left").select(
+        *[den[c] for c in RESIDENT_DIMS], *[num[c] for c in extra_dims],
+        F.coalesce(num["numerator"], F.lit(0)).alias("numerator"), "denominator")
+    if extra_dims:  # population cells with no event at all in an extra grain are absent
+        joined = joined.where(F.col("numerator") > 0)
+    return _complete(joined.withColumn(
+        "value", F.when(F.col("denominator") > 0, scale * F.col("numerator")
+                        / F.col("denominator"))), metric_id, year)
+
+
+def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame, metric_id: str,
+                         year: int) -> DataFrame:
+    """Percent of ``rows`` with ``flag``, for the city, each district, tier and institution (the
+    institution's own district and tier)."""
+    from pyspark.sql import functions as F
+
+    r = (rows.join(institutions.select("institution_id", "district_code",
+                                       F.col("tier").alias("_tier")), "institution_id", "left")
+         .withColumn("tier", F.coalesce(F.col("_tier"), F.col("tier")) if "tier" in rows.columns
+                     else F.col("_tier")))
+    agg = [F.count_if(flag).alias("numerator"), F.count("*").alias("denominator")]
+    sets = [[], ["district_code"], ["tier"], ["institution_id", "district_code", "tier"]]
+    out = None
+    for keys in sets:
+        part = r.groupBy(*keys).agg(*agg)
+        out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    return _complete(out.withColumn("value", 100.0 * F.col("numerator") / F.col("denominator")),
+                     metric_id, year)
+
+
+def diagnosed(inputs: YearInputs, condition: str) -> DataFrame:
+    """Persons diagnosed with ``condition`` (encounter condition family or a follow-up for it)
+    by the end of the year."""
+    from pyspark.sql import functions as F
+
+    end = dt.date(inputs.year, 12, 31)
+    enc = inputs.encounters.where((F.col("condition_family") == condition)
+                                  & (F.to_date("visit_at") <= F.lit(end)))
+    fu = inputs.followups.where((F.col("condition") == condition)
+                                & (F.to_date("followup_at") <= F.lit(end)))
+    return enc.select("person_id").unionByName(fu.select("person_id")).distinct()
+
+
+def _in_year(df: DataFrame, column: str, year: int) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return df.where(F.year(column) == year)
+
+
+# -- the metrics --------------------------------------------------------------------------------
+
+
+def prevalence_crude(inputs: YearInputs, condition: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    facts = (diagnosed(inputs, condition).join(inputs.persons, "person_id")
+             .where(F.col("age") >= ADULT_AGE))
+    return over_population(facts, adult_population(inputs.population),
+                           f"{condition}_prevalence_crude", inputs.year)
+
+
+def prevalence_age_standardised(inputs: YearInputs, condition: str) -> DataFrame:
+    """Sum over adult bands of band prevalence x standard weight, over the sum of those weights
+    (the 15-19 band's weight taken at its adult share), for the city and districts by sex."""
+    from pyspark.sql import functions as F
+
+    crude = prevalence_crude(inputs, condition).where(F.col("age_band").isNotNull())
+    weights = {b: w * ADULT_SHARE_OF_BAND.get(b, 1.0) for b, w in inputs.standard_weights.items()}
+    w = crude.sparkSession.createDataFrame(list(weights.items()), "age_band string, w double")
+    rows = (crude.join(w, "age_band")
+            .groupBy("district_code", "sex")
+            .agg(F.sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
+                 .alias("numerator"), F.sum("w").alias("denominator")))
+    return _complete(rows.withColumn("value", 100.0 * F.col("numerator") / F.col("denominator")),
+                     f"{condition}_prevalence_age_std", inputs.year)
+
+
+def ehr_coverage(inputs: YearInputs) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    end = dt.date(inputs.year, 12, 31)
+    with_record = (inputs.health_records.where(F.to_date("registered_at") <= F.lit(end))
+                   .select("person_id").distinct())
+    facts = with_record.join(inputs.persons, "person_id")
+    return over_population(facts, inputs.population, "ehr_coverage", inputs.year)
+
+
+def visits_per_1000(inputs: YearInputs) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    channel = F.lit("on_site")
+    for etype, ch in CHANNEL_OF_ENCOUNTER.items():
+        channel = F.when(F.col("encounter_type") == etype, F.lit(ch)).otherwise(channel)
+    facts = (_in_year(inputs.encounters, "visit_at", inputs.year)
+             .select("tier", channel.alias("channel"), "person_id")
+             .join(inputs.persons.drop("tier"), "person_id").drop("person_id"))
+    return over_population(facts, inputs.population, "visits_per_1000", inputs.year,
+                           scale=1000.0, extra_dims=("tier", "channel"))
+
+
+def online_visit_share(inputs: YearInputs) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return share_by_institution(_in_year(inputs.encounters, "visit_at", inputs.year),
+                                F.col("encounter_type") == "online", inputs.institutions,
+                                "online_visit_share", inputs.year)
+
+
+def mutual_recognition_rate(inputs: YearInputs) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return share_by_institution(
+        _in_year(inputs.lab_results, F.coalesce("reported_at", "collected_at"), inputs.year),
+        F.coalesce(F.col("is_mutual_recognised"), F.lit(False)), inputs.institutions,
+        "mutual_recognition_rate", inputs.year)
+
+
+def digital_referral_share(inputs: YearInputs) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return share_by_institution(_in_year(inputs.referrals, "referred_at", inputs.year),
+                                F.col("channel") == "digital", inputs.institutions,
+                                "digital_referral_share", inputs.year)
+
+
+METRICS: dict[str, Callable[[YearInputs], DataFrame]] = {
+    "hypertension_prevalence_crude": lambda i: prevalence_crude(i, "hypertension"),
+    "diabetes_prevalence_crude": lambda i: prevalence_crude(i, "diabetes"),
+    "hypertension_prevalence_age_std": lambda i: prevalence_age_standardised(i, "hypertension"),
+    "diabetes_prevalence_age_std": lambda i: prevalence_age_standardised(i, "diabetes"),
+    "ehr_coverage": ehr_coverage,
+    "visits_per_1000": visits_per_1000,
+    "online_visit_share": online_visit_share,
+    "mutual_recognition_rate": mutual_recognition_rate,
+    "digital_referral_share": digital_referral_share,
+}
+
+
+# -- the job ------------------------------------------------------------------------------------
+
+
+def read_inputs(spark: SparkSession, settings: Settings, catalogue: MetricCatalogue, year: int
+                ) -> YearInputs:
+    import pandas as pd
+
+    def table(name: str) -> DataFrame:
+        if not table_exists(spark, settings, name):
+            raise FileNotFoundError(f"{name} has not been written: run `healthlake resolve` and "
+                                    "`healthlake curate` first")
+        return read_table(spark, settings, name)
+
+    pop = pd.read_csv(settings.reference_root / "population.csv",
+                      dtype={"district_code": str, "age_band": str, "sex": str})
+    population = spark.createDataFrame(
+        pop[["district_code", "age_band", "sex", "population"]].astype({"population": float}))
+    return YearInputs(
+        year=year, persons=persons_at(table("silver.person"), year), population=population,
+        encounters=table("silver.encounter"), followups=table("silver.chronic_followup"),
+        health_records=table("silver.health_record"), lab_results=table("silver.lab_result"),
+        referrals=table("silver.referral"), institutions=table("silver.institution"),
+        standard_weights=catalogue.standard_population)
+
+
+def years_touched(spark: SparkSession, settings: Settings, extract_date: dt.date) -> list[int]:
+    """The years whose events arrived in an extract date's curated rows."""
+    from pyspark.sql import functions as F
+
+    years = set()
+    for name, col in (("silver.encounter", "visit_at"), ("silver.chronic_followup", "followup_at"),
+                      ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at"),
+                      ("silver.health_record", "registered_at")):
+        if table_exists(spark, settings, name):
+            years |= {r["y"] for r in read_table(spark, settings, name)
+                      .where(F.col("extract_date") == F.lit(extract_date))
+                      .select(F.year(col).alias("y")).distinct().collect() if r["y"]}
+    return sorted(years or {extract_date.year})
+
+
+def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
+        years: list[int] | None = None) -> dict:
+    """Recompute gold.metric_value for the years the extract date touched (or ``years``)."""
+    watch = Stopwatch()
+    catalogue = load_catalogue(settings)
+    unknown = set(METRICS) - set(catalogue.metrics)
+    if unknown:
+        raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
+    years = years or years_touched(spark, settings, extract_date)
+    counts = {}
+    for year in years:
+        inputs = read_inputs(spark, settings, catalogue, year)
+        frames = [fn(inputs) for fn in METRICS.values()]
+        out = frames[0]
+        for f in frames[1:]:
+            out = out.unionByName(f)
+        out = out.cache()
+        counts[str(year)] = {r["metric_id"]: r["count"] for r in
+                             out.groupBy("metric_id").count().orderBy("metric_id").collect()}
+        write_table(out, settings, "gold.metric_value",
+                    replace_where=f"period_type = 'year' AND period = '{year}'")
+        out.unpersist()
+        watch.lap(str(year))
+    summary = {"extract_date": extract_date.isoformat(), "years": years, "rows": counts,
+               "seconds": watch.total}
+    log.info("gold metrics %s: %s", extract_date, summary)
+    return summary
