@@ -88,8 +88,8 @@ def test_every_implemented_metric_is_written_and_catalogued(spark, settings, gol
     from jobs.gold.catalogue import load_catalogue
 
     got = read_table(spark, settings, "gold.metric_value").toPandas()
-    assert set(got["metric_id"]) == set(M.METRICS)
-    assert set(M.METRICS) <= set(load_catalogue(settings).metrics)
+    assert set(got["metric_id"]) == set(M.metric_ids())
+    assert set(M.metric_ids()) <= set(load_catalogue(settings).metrics)
     assert (got["period"] == "2024").all()
 
 
@@ -111,6 +111,13 @@ def test_city_figures_match_a_pandas_computation(spark, settings, gold_city):
     assert city.loc["visits_per_1000", "value"] == pytest.approx(
         1000 * len(visits) / pop["population"].sum())
     assert 0 < city.loc["hypertension_prevalence_crude", "value"] < 60
+    referrals = read_table(spark, settings, "silver.referral").toPandas()
+    referrals = referrals[pd.to_datetime(referrals["referred_at"]).dt.year == 2024]
+    for direction in ("up", "down"):
+        assert city.loc[f"referrals_{direction}", "numerator"] == (
+            referrals["direction"] == direction).sum()
+    dx = got[(got["metric_id"] == "diagnosis_count") & got["district_code"].isna()]
+    assert dx["numerator"].sum() == visits["icd10_3char"].notna().sum()
 
 
 def test_recomputing_a_year_is_safe(spark, settings, gold_city):
@@ -121,3 +128,33 @@ def test_recomputing_a_year_is_safe(spark, settings, gold_city):
     pd.testing.assert_frame_equal(
         after.sort_values(key, na_position="first").reset_index(drop=True),
         before.sort_values(key, na_position="first").reset_index(drop=True))
+
+
+def test_management_standardised_management_and_control_rates(spark):
+    from pyspark.sql import functions as F
+
+    persons = _persons(spark, [("old", "male", "D1", "T1", dt.date(1954, 1, 1)),
+                               ("mid", "female", "D1", "T1", dt.date(1974, 1, 1)),
+                               ("new", "female", "D1", "T2", dt.date(1974, 1, 1)),
+                               ("kid", "male", "D1", "T1", dt.date(2015, 1, 1))])
+    fu = [("old", "hypertension", dt.datetime(2024, m, 1), 150 if m < 10 else 145, 85, None)
+          for m in (1, 4, 7, 10)]
+    fu += [("mid", "hypertension", dt.datetime(2024, 5, 1), 145, 85, None),
+           ("old", "hypertension", dt.datetime(2023, 5, 1), 120, 80, None),
+           ("kid", "hypertension", dt.datetime(2024, 5, 1), 110, 70, None)]
+    followups = spark.createDataFrame(
+        fu, "person_id string, condition string, followup_at timestamp, systolic_bp int, "
+            "diastolic_bp int, fasting_glucose double")
+    enc = spark.createDataFrame([("new", "hypertension", dt.datetime(2024, 2, 1))],
+                                "person_id string, condition_family string, visit_at timestamp")
+    inputs = M.YearInputs(2024, persons, None, enc, followups, None, None, None, None, {})
+    out = M.management_rates(inputs, "hypertension")
+    city = {r["metric_id"]: (r["numerator"], r["denominator"]) for r in out.where(
+        " AND ".join(f"{c} IS NULL" for c in M.GRAIN_COLUMNS)).collect()}
+    # Adults diagnosed: old, mid, new (the child is not counted); managed: old, mid.
+    assert city["hypertension_management_rate"] == (2, 3)
+    assert city["hypertension_standardised_management_rate"] == (1, 2)  # old: 4 follow-ups
+    assert city["hypertension_control_rate"] == (1, 2)  # old 145/85 at 70 is on target
+    towns = out.where(F.col("town_code") == "T2").where("age_band IS NULL AND sex IS NULL")
+    assert {r["metric_id"]: r["value"] for r in towns.collect()} == {
+        "hypertension_management_rate": 0.0}

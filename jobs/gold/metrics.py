@@ -144,6 +144,126 @@ def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame,
                      metric_id, year)
 
 
+def person_rates(facts: DataFrame, numerator: Column, denominator: Column, metric_id: str,
+                 year: int) -> DataFrame:
+    """Percent of persons with ``numerator`` among those with ``denominator`` (both boolean
+    columns of ``facts``, one row per person with its district, town, age band and sex), for
+    the city, each district and town, crossed with age band and sex."""
+    from pyspark.sql import functions as F
+
+    agg = [F.count_if(numerator & denominator).alias("numerator"),
+           F.count_if(denominator).alias("denominator")]
+    out = None
+    for geo in ([], ["district_code"], ["district_code", "town_code"]):
+        for demo in ([], ["age_band"], ["sex"], ["age_band", "sex"]):
+            part = facts.groupBy(*geo, *demo).agg(*agg)
+            out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    # Cells without anyone in the denominator are left out, except the city's row: a metric
+    # nobody qualified for this year is published as 0 / 0 (value null), not silently missing.
+    city = F.lit(True)
+    for c in ("district_code", "town_code", "age_band", "sex"):
+        city = city & F.col(c).isNull()
+    out = out.where((F.col("denominator") > 0) | city)
+    value = F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
+    return _complete(out.withColumn("value", value), metric_id, year)
+
+
+def managed(inputs: YearInputs, condition: str) -> DataFrame:
+    """Per adult diagnosed by the end of the year: follow-ups in the year, and whether the
+    latest one is on target (BP < 140/90, < 150/90 from 65; fasting glucose < 7.0 mmol/L)."""
+    from pyspark.sql import functions as F
+
+    fu = _in_year(inputs.followups.where(F.col("condition") == condition), "followup_at",
+                  inputs.year)
+    latest = F.max_by(F.struct("systolic_bp", "diastolic_bp", "fasting_glucose"), "followup_at")
+    per_person = fu.groupBy("person_id").agg(F.count("*").alias("n_followups"),
+                                             latest.alias("last"))
+    people = (diagnosed(inputs, condition).join(inputs.persons, "person_id")
+              .where(F.col("age") >= ADULT_AGE).join(per_person, "person_id", "left"))
+    if condition == "hypertension":
+        sbp_target = F.when(F.col("age") >= 65, 150).otherwise(140)
+        on_target = (F.col("last.systolic_bp") < sbp_target) & (F.col("last.diastolic_bp") < 90)
+    else:
+        on_target = F.col("last.fasting_glucose") < 7.0
+    return people.select(
+        "person_id", "district_code", "town_code", "age_band", "sex",
+        F.lit(True).alias("is_diagnosed"),
+        (F.coalesce(F.col("n_followups"), F.lit(0)) >= 1).alias("is_managed"),
+        (F.coalesce(F.col("n_followups"), F.lit(0)) >= 4).alias("is_standard"),
+        F.coalesce(on_target, F.lit(False)).alias("is_on_target"))
+
+
+def management_rates(inputs: YearInputs, condition: str) -> DataFrame:
+    """Management, standardised-management and control rates of a condition."""
+    from pyspark.sql import functions as F
+
+    facts = managed(inputs, condition).cache()
+    return (person_rates(facts, F.col("is_managed"), F.col("is_diagnosed"),
+                         f"{condition}_management_rate", inputs.year)
+            .unionByName(person_rates(facts, F.col("is_standard"), F.col("is_managed"),
+                                      f"{condition}_standardised_management_rate", inputs.year))
+            .unionByName(person_rates(facts, F.col("is_on_target"), F.col("is_managed"),
+                                      f"{condition}_control_rate", inputs.year)))
+
+
+def elderly_health_management_rate(inputs: YearInputs) -> DataFrame:
+    """Residents 65+ with a general health examination (ICD-10 Z00) in the year, over the
+    reference population aged 65+."""
+    from pyspark.sql import functions as F
+
+    checked = (_in_year(inputs.encounters, "visit_at", inputs.year)
+               .where(F.col("icd10_3char") == "Z00").select("person_id").distinct()
+               .join(inputs.persons, "person_id").where(F.col("age") >= 65))
+    old = F.split("age_band", "[-+]")[0].cast("int") >= 65
+    return over_population(checked, inputs.population.where(old),
+                           "elderly_health_management_rate", inputs.year)
+
+
+def counts(rows: DataFrame, grouping_sets: list[list[str]], metric_id: str, year: int
+           ) -> DataFrame:
+    """Row counts for each grouping set (a count has no denominator)."""
+    from pyspark.sql import functions as F
+
+    out = None
+    for keys in grouping_sets:
+        part = rows.groupBy(*keys).agg(F.count("*").alias("numerator"))
+        out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    out = out.withColumn("denominator", F.lit(None).cast("double"))
+    return _complete(out.withColumn("value", F.col("numerator")), metric_id, year)
+
+
+def diagnosis_count(inputs: YearInputs) -> DataFrame:
+    """Encounters of the year by ICD-10 category (with its condition family) and the patient's
+    district and town: the top diagnoses by area are the largest rows."""
+    from pyspark.sql import functions as F
+
+    rows = (_in_year(inputs.encounters, "visit_at", inputs.year)
+            .where(F.col("icd10_3char").isNotNull())
+            .select("person_id", F.col("icd10_3char").alias("icd10_category"),
+                    F.col("condition_family").alias("condition"))
+            .join(inputs.persons.select("person_id", "district_code", "town_code"), "person_id"))
+    dx = ["icd10_category", "condition"]
+    return counts(rows, [dx, ["district_code", *dx], ["district_code", "town_code", *dx]],
+                  "diagnosis_count", inputs.year)
+
+
+def referral_flows(inputs: YearInputs) -> DataFrame:
+    """referrals_up and referrals_down: referrals sent in the year by the sender's district,
+    tier and institution, the receiver's tier and the channel."""
+    from pyspark.sql import functions as F
+
+    inst = inputs.institutions.select("institution_id", "district_code", "tier")
+    to = inputs.institutions.select(F.col("institution_id").alias("to_institution_id"),
+                                    F.col("tier").alias("to_tier"))
+    rows = (_in_year(inputs.referrals, "referred_at", inputs.year).drop("tier")
+            .join(inst, "institution_id", "left").join(to, "to_institution_id", "left"))
+    sets = [[], ["district_code"], ["tier"], ["tier", "to_tier"], ["channel"],
+            ["tier", "to_tier", "channel"], ["institution_id", "district_code", "tier"]]
+    return (counts(rows.where(F.col("direction") == "up"), sets, "referrals_up", inputs.year)
+            .unionByName(counts(rows.where(F.col("direction") == "down"), sets,
+                                "referrals_down", inputs.year)))
+
+
 def diagnosed(inputs: YearInputs, condition: str) -> DataFrame:
     """Persons diagnosed with ``condition`` (encounter condition family or a follow-up for it)
     by the end of the year."""
@@ -239,17 +359,32 @@ def digital_referral_share(inputs: YearInputs) -> DataFrame:
                                 "digital_referral_share", inputs.year)
 
 
+# Metrics computed together (one scan of their inputs) and the ids they produce.
+METRIC_GROUPS: dict[str, tuple[Callable[[YearInputs], DataFrame], tuple[str, ...]]] = {
+    condition: (lambda i, c=condition: management_rates(i, c),
+                (f"{condition}_management_rate", f"{condition}_standardised_management_rate",
+                 f"{condition}_control_rate"))
+    for condition in ("hypertension", "diabetes")
+} | {"referral_flows": (referral_flows, ("referrals_up", "referrals_down"))}
+
 METRICS: dict[str, Callable[[YearInputs], DataFrame]] = {
     "hypertension_prevalence_crude": lambda i: prevalence_crude(i, "hypertension"),
     "diabetes_prevalence_crude": lambda i: prevalence_crude(i, "diabetes"),
     "hypertension_prevalence_age_std": lambda i: prevalence_age_standardised(i, "hypertension"),
     "diabetes_prevalence_age_std": lambda i: prevalence_age_standardised(i, "diabetes"),
     "ehr_coverage": ehr_coverage,
+    "elderly_health_management_rate": elderly_health_management_rate,
     "visits_per_1000": visits_per_1000,
+    "diagnosis_count": diagnosis_count,
     "online_visit_share": online_visit_share,
     "mutual_recognition_rate": mutual_recognition_rate,
     "digital_referral_share": digital_referral_share,
 }
+
+
+def metric_ids() -> list[str]:
+    """Every metric id this module writes."""
+    return [*METRICS, *(i for _, ids in METRIC_GROUPS.values() for i in ids)]
 
 
 # -- the job ------------------------------------------------------------------------------------
@@ -297,7 +432,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
     """Recompute gold.metric_value for the years the extract date touched (or ``years``)."""
     watch = Stopwatch()
     catalogue = load_catalogue(settings)
-    unknown = set(METRICS) - set(catalogue.metrics)
+    unknown = set(metric_ids()) - set(catalogue.metrics)
     if unknown:
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
     years = years or years_touched(spark, settings, extract_date)
@@ -305,6 +440,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
     for year in years:
         inputs = read_inputs(spark, settings, catalogue, year)
         frames = [fn(inputs) for fn in METRICS.values()]
+        frames += [fn(inputs) for fn, _ in METRIC_GROUPS.values()]
         out = frames[0]
         for f in frames[1:]:
             out = out.unionByName(f)
