@@ -89,36 +89,26 @@ def _days(args: argparse.Namespace) -> list[dt.date]:
     return [args.date + dt.timedelta(days=i) for i in range((until - args.date).days + 1)]
 
 
-def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.ingest import job
-    from jobs.spark import get_spark
+def _per_day(module: str, name: str) -> Callable[[Settings, argparse.Namespace], dict]:
+    """A sub-command that runs ``<module>.run(spark, settings, day)`` for --date [--until]."""
 
-    spark = get_spark(settings, app_name="healthlake-ingest")
-    return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
+    def command(settings: Settings, args: argparse.Namespace) -> dict:
+        import importlib
 
+        from jobs.spark import get_spark
 
-def cmd_standardise(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.silver import job
-    from jobs.spark import get_spark
+        days = _days(args)  # a wrong range fails before Spark starts
+        job = importlib.import_module(module)
+        spark = get_spark(settings, app_name=f"healthlake-{name}")
+        return {d.isoformat(): job.run(spark, settings, d) for d in days}
 
-    spark = get_spark(settings, app_name="healthlake-standardise")
-    return {d.isoformat(): job.run(spark, settings, d) for d in _days(args)}
-
-
-def cmd_resolve(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.silver import resolve
-    from jobs.spark import get_spark
-
-    spark = get_spark(settings, app_name="healthlake-resolve")
-    return {d.isoformat(): resolve.run(spark, settings, d) for d in _days(args)}
+    return command
 
 
-def cmd_curate(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.silver import curate
-    from jobs.spark import get_spark
-
-    spark = get_spark(settings, app_name="healthlake-curate")
-    return {d.isoformat(): curate.run(spark, settings, d) for d in _days(args)}
+cmd_ingest = _per_day("jobs.ingest.job", "ingest")
+cmd_standardise = _per_day("jobs.silver.job", "standardise")
+cmd_resolve = _per_day("jobs.silver.resolve", "resolve")
+cmd_curate = _per_day("jobs.silver.curate", "curate")
 
 
 def cmd_gold(settings: Settings, args: argparse.Namespace) -> dict:
