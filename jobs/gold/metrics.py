@@ -89,6 +89,13 @@ def adult_population(population: DataFrame) -> DataFrame:
     return population.where(~young).withColumn("population", F.col("population") * share)
 
 
+def _percent():
+    """100 x numerator / denominator, null where the denominator is 0 (nothing to rate)."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
+
+
 def _complete(df: DataFrame, metric_id: str, year: int) -> DataFrame:
     """Add the identity columns and every missing grain column (null = all)."""
     from pyspark.sql import functions as F
@@ -140,8 +147,7 @@ def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame,
     for keys in sets:
         part = r.groupBy(*keys).agg(*agg)
         out = part if out is None else out.unionByName(part, allowMissingColumns=True)
-    return _complete(out.withColumn("value", 100.0 * F.col("numerator") / F.col("denominator")),
-                     metric_id, year)
+    return _complete(out.withColumn("value", _percent()), metric_id, year)
 
 
 def person_rates(facts: DataFrame, numerator: Column, denominator: Column, metric_id: str,
@@ -307,8 +313,8 @@ def prevalence_age_standardised(inputs: YearInputs, condition: str) -> DataFrame
             .groupBy("district_code", "sex")
             .agg(F.sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
                  .alias("numerator"), F.sum("w").alias("denominator")))
-    return _complete(rows.withColumn("value", 100.0 * F.col("numerator") / F.col("denominator")),
-                     f"{condition}_prevalence_age_std", inputs.year)
+    return _complete(rows.withColumn("value", _percent()), f"{condition}_prevalence_age_std",
+                     inputs.year)
 
 
 def ehr_coverage(inputs: YearInputs) -> DataFrame:
@@ -413,18 +419,20 @@ def read_inputs(spark: SparkSession, settings: Settings, catalogue: MetricCatalo
 
 
 def years_touched(spark: SparkSession, settings: Settings, extract_date: dt.date) -> list[int]:
-    """The years whose events arrived in an extract date's curated rows."""
+    """The years whose events (encounters, follow-ups, lab results, referrals) arrived in an
+    extract date's curated rows, and the extract date's own year. A health record registered
+    years ago and sent now counts from the extract date's year: past years' coverage stays as
+    it was published."""
     from pyspark.sql import functions as F
 
     years = set()
     for name, col in (("silver.encounter", "visit_at"), ("silver.chronic_followup", "followup_at"),
-                      ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at"),
-                      ("silver.health_record", "registered_at")):
+                      ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at")):
         if table_exists(spark, settings, name):
             years |= {r["y"] for r in read_table(spark, settings, name)
                       .where(F.col("extract_date") == F.lit(extract_date))
                       .select(F.year(col).alias("y")).distinct().collect() if r["y"]}
-    return sorted(years or {extract_date.year})
+    return sorted(years | {extract_date.year})
 
 
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
