@@ -44,9 +44,11 @@ PLAIN_SPLINK = {
 }
 
 
-def prepare(root: Path, residents: int | None, full_city: bool, days: int) -> dict:
+def prepare(root: Path, residents: int | None, full_city: bool, days: int,
+            spark_conf: dict) -> dict:
     """Generate (unless this exact city is there), then ingest and standardise into a fresh
-    lake. Returns the settings and the seconds of each step."""
+    lake (unless a finished preparation of this city is there: a full city takes an hour to
+    prepare). Returns the settings and the seconds of each step."""
     from jobs.generate import generate
     from jobs.ingest import job as ingest
     from jobs.silver import job as standardise
@@ -64,19 +66,36 @@ def prepare(root: Path, residents: int | None, full_city: bool, days: int) -> di
                            days=days)
         seconds["generate"] = round(time.perf_counter() - t0, 1)
         marker.write_text(json.dumps({"params": want, "summary": summary}, default=str))
-    shutil.rmtree(root / "lake", ignore_errors=True)
-    spark = get_spark(settings, app_name="benchmark-er")
+    spark = get_spark(settings, app_name="benchmark-er", extra_conf=spark_conf)
     dates = [START + dt.timedelta(days=i) for i in range(days)]
-    t0 = time.perf_counter()
-    for d in dates:
-        ingest.run(spark, settings, d)
-    seconds["ingest"] = round(time.perf_counter() - t0, 1)
-    t0 = time.perf_counter()
-    for d in dates:
-        standardise.run(spark, settings, d)
-    seconds["standardise"] = round(time.perf_counter() - t0, 1)
+    prepared = root / "prepared.json"
+    if prepared.exists() and json.loads(prepared.read_text())["params"] == want:
+        seconds = json.loads(prepared.read_text())["seconds"]
+        print(f"reusing the prepared lake under {root} (remove {prepared} to rebuild)")
+        _drop_resolution(settings)
+    else:
+        prepared.unlink(missing_ok=True)
+        shutil.rmtree(root / "lake", ignore_errors=True)
+        t0 = time.perf_counter()
+        for d in dates:
+            ingest.run(spark, settings, d)
+        seconds["ingest"] = round(time.perf_counter() - t0, 1)
+        t0 = time.perf_counter()
+        for d in dates:
+            standardise.run(spark, settings, d)
+        seconds["standardise"] = round(time.perf_counter() - t0, 1)
+        prepared.write_text(json.dumps({"params": want, "seconds": seconds}))
     return {"settings": settings, "spark": spark, "dates": dates, "seconds": seconds,
             "generated": json.loads(marker.read_text())["summary"]}
+
+
+def _drop_resolution(settings) -> None:
+    """Remove what an earlier resolution left (identity, links, persons, the trained model),
+    so a reused lake is resolved from scratch."""
+    for table in ("restricted.identity", "silver.person_link", "silver.person_event",
+                  "silver.person"):
+        shutil.rmtree(settings.table_path(table), ignore_errors=True)
+    shutil.rmtree(settings.zone_root("ops") / "match_models", ignore_errors=True)
 
 
 def plain_splink(spark, settings) -> dict:
@@ -114,10 +133,12 @@ def main() -> None:
     ap.add_argument("--days", type=int, default=2)
     ap.add_argument("--no-baseline", action="store_true", help="skip plain Splink")
     ap.add_argument("--out", default="/tmp/healthlake-bench-er")
+    ap.add_argument("--driver-memory", help="spark.driver.memory, e.g. 16g for the full city")
     args = ap.parse_args()
     started = time.perf_counter()
+    spark_conf = {"spark.driver.memory": args.driver_memory} if args.driver_memory else {}
     p = prepare(Path(args.out), None if args.full_city else args.residents, args.full_city,
-                args.days)
+                args.days, spark_conf)
     spark, settings = p["spark"], p["settings"]
 
     from jobs.silver import evaluate, resolve
@@ -132,7 +153,8 @@ def main() -> None:
     who = "full city (2.44 M residents)" if args.full_city else f"{args.residents:,} residents"
     cmd = ("`.venv/bin/python benchmarks/entity_resolution.py "
            + ("--full-city" if args.full_city else f"--residents {args.residents}")
-           + f" --days {args.days}" + (" --no-baseline" if args.no_baseline else "") + "`")
+           + f" --days {args.days}" + (" --no-baseline" if args.no_baseline else "")
+           + (f" --driver-memory {args.driver_memory}" if args.driver_memory else "") + "`")
     lines = [
         f"Command: {cmd}  ", f"Machine: {machine()}  ",
         f"Data: {who}, {args.days} extract day(s) from {START}, default fault and variation "

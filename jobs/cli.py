@@ -112,12 +112,12 @@ cmd_curate = _per_day("jobs.silver.curate", "curate")
 
 
 def cmd_gold(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.gold import metrics
+    from jobs.gold import job
     from jobs.spark import get_spark
 
+    days = _days(args)
     spark = get_spark(settings, app_name="healthlake-gold")
-    years = [args.year] if args.year else None
-    return {d.isoformat(): metrics.run(spark, settings, d, years) for d in _days(args)}
+    return job.run_days(spark, settings, days, args.year)
 
 
 def cmd_er_eval(settings: Settings, args: argparse.Namespace) -> dict:
@@ -180,8 +180,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
                              "restricted.identity, silver.person_link, silver.person"),
     "curate": (cmd_curate, "merge a day's (or range's) records into the curated silver tables, "
                            "with person_id and no identifiers"),
-    "gold": (cmd_gold, "recompute gold.metric_value for the years a day's (or range's) data "
-                       "touched (or --year)"),
+    "gold": (cmd_gold, "recompute the data-quality scorecard of a day (or range), then the "
+                       "metrics and the informatization index of the years it touched (or "
+                       "--year)"),
     "er-eval": (cmd_er_eval, "score entity resolution against the generator's ground truth"),
     "match": (cmd_match, "deduplicate any table with a match specification (Splink)"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
@@ -213,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
         if name == "gold":
-            p.add_argument("--year", type=int, help="recompute this year instead")
+            p.add_argument("--year", type=int,
+                           help="recompute this whole year (the year, its quarters and months)")
         if name == "match":
             p.add_argument("--config", required=True, help="match specification (YAML)")
             p.add_argument("--input", required=True, help="Delta table, Parquet or CSV")

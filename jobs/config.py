@@ -98,6 +98,8 @@ class Settings:
     # by jobs.gold.catalogue.
     metrics: dict[str, Any] = field(default_factory=dict)
     standard_population: dict[str, Any] = field(default_factory=dict)
+    # The informatization index (conf/base/index.yaml), validated by jobs.gold.index.
+    index: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

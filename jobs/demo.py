@@ -16,7 +16,7 @@ from jobs.config import Settings
 def run(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import check
     from jobs.generate import generate
-    from jobs.gold import metrics
+    from jobs.gold import job as gold_job
     from jobs.ingest import job as ingest
     from jobs.ingest import report
     from jobs.silver import curate, evaluate, resolve
@@ -54,9 +54,11 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
     scores = evaluate.evaluate(spark, settings)
 
     t0 = time.perf_counter()
-    gold = metrics.run(spark, settings, days[-1])
+    gold = gold_job.run_days(spark, settings, days)
     timings["gold"] = round(time.perf_counter() - t0, 1)
-    headline = headline_metrics(spark, settings, gold["years"][-1])
+    year = gold["years"][-1]
+    headline = headline_metrics(spark, settings, year)
+    index_rows = index_table(spark, settings, year)
 
     return {
         "generated": {k: generated[k] for k in ("residents", "institutions", "dates", "files",
@@ -85,7 +87,10 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
         "curated silver (healthlake curate)": {
             day: ", ".join(f"{t} {c['distinct_keys']}" for t, c in r["tables"].items())
             for day, r in curated.items()},
-        f"headline metrics, city, {gold['years'][-1]} (gold.metric_value)": headline,
+        "data-quality scorecard, city (gold.dq_scorecard)": dq_summary(spark, settings),
+        f"headline metrics, city, {year} (gold.metric_value)": headline,
+        f"informatization index {year} (gold.index_score): total / governance / construction "
+        "/ application, rank, change on the previous year": index_rows,
         "seconds": timings,
         "where_to_look": {
             "landing zone": settings.landing_root,
@@ -125,3 +130,40 @@ def headline_metrics(spark, settings: Settings, year: int) -> dict:
         out[f"{m.name_en} ({m.name_zh})"] = (f"{value} ({r['numerator']:.0f} / "
                                              f"{r['denominator']:.0f})")
     return out
+
+
+def dq_summary(spark, settings: Settings) -> dict:
+    """Each data-quality metric over every institution-day of the scorecard."""
+    from jobs.gold.catalogue import load_catalogue
+    from jobs.gold.scorecard import METRIC_IDS, rollup
+    from jobs.lake import read_table
+
+    catalogue = load_catalogue(settings)
+    rows = {r["metric_id"]: r for r in
+            rollup(read_table(spark, settings, "gold.dq_scorecard"), ["metric_id"]).collect()}
+    return {catalogue.metric(m).name_en: (f"{rows[m]['value']:.2f}% ({rows[m]['numerator']:.0f}"
+                                          f" / {rows[m]['denominator']:.0f})")
+            for m in METRIC_IDS if m in rows and rows[m]["value"] is not None}
+
+
+def index_table(spark, settings: Settings, year: int) -> list[str]:
+    """The city and district rows of the index, one line each."""
+    from jobs.lake import read_table
+
+    scores = (read_table(spark, settings, "gold.index_score")
+              .where(f"year = {year} AND area_level IN ('city', 'district')").toPandas())
+
+    def fmt(v, spec=".1f"):
+        return "-" if v is None or v != v else format(v, spec)
+
+    lines = []
+    for (level, code, name), g in scores.groupby(["area_level", "area_code", "area_name"],
+                                                 sort=False):
+        s = g.set_index("index_name")
+        total = s.loc["total"]
+        subs = " / ".join(fmt(s.loc[n, "score"]) for n in ("governance", "construction",
+                                                          "application"))
+        rank = "" if level == "city" else f", rank {total['rank']} of {total['n_areas']}"
+        lines.append(f"{name} ({code}): {fmt(total['score'])} ({subs}){rank}, change "
+                     f"{fmt(total['change'], '+.1f')}")
+    return lines

@@ -103,8 +103,19 @@ def test_late_delivery_loads_on_rerun_and_changes_nothing_else(spark, settings, 
     late = city["faults"].query("kind == 'late_institution'").iloc[0]
     day = dt.date.fromisoformat(str(late.extract_date)[:10])
     before = read_table(spark, settings, "bronze.resident_registry").toPandas()
+    log_before = read_table(spark, settings, "ops.ingest_log").where(
+        f"extract_date = DATE'{day}'").toPandas()
     assert deliver_late(settings, day)
     ingest.run(spark, settings, day)
+    # The log keeps when each file was first seen: the late files after the day's first run.
+    log_after = read_table(spark, settings, "ops.ingest_log").where(
+        f"extract_date = DATE'{day}'").toPandas()
+    first_run = log_before["ingested_at"].min()
+    came_late = log_after["institution_id"] == late.institution_id
+    assert (log_after.loc[came_late, "ingested_at"] > first_run).all()
+    kept = log_before.set_index("source_file")["ingested_at"]
+    assert (log_after.loc[~came_late].set_index("source_file")["ingested_at"]
+            == kept.loc[log_after.loc[~came_late, "source_file"]]).all()
     after = read_table(spark, settings, "bronze.resident_registry").toPandas()
     theirs = after[after.institution_id == late.institution_id]
     assert len(theirs) > 0

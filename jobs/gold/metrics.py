@@ -3,14 +3,16 @@ silver tables and the reference population; every number is a catalogue entry
 (conf/base/metrics.yaml, :mod:`jobs.gold.catalogue`).
 
 Long format, one row per metric, period and combination of grains: ``metric_id``,
-``period_type`` ('year'), ``period`` ('2024'), the grain columns of :data:`GRAIN_COLUMNS` (null
+``period_type`` ('year', 'quarter' or 'month'), ``period`` ('2024', '2024Q2', '2024-04'),
+the grain columns of :data:`GRAIN_COLUMNS` (null
 means "all": a row with every grain null is the city), ``numerator``, ``denominator``, ``value``
 (percent x100, per-1,000 x1000, counts as they are).
 
 Population denominators come from reference/population.csv (by district, age band and sex),
 never from the registry. Residents' grains (district, age band, sex) come from the golden record
-``silver.person``; ages are at the end of the year. A run recomputes exactly the years it is
-given, replacing their rows in one commit per year.
+``silver.person``; ages are at the end of the period. A run recomputes exactly the periods a day
+touched (the years, quarters and months of the events that arrived), each metric at the period
+types its catalogue entry lists, replacing their rows in one commit per period.
 """
 
 from __future__ import annotations
@@ -38,13 +40,52 @@ ADULT_AGE = 18
 # Share of the 15-19 band aged 18 or 19 (ages spread evenly within the band).
 ADULT_SHARE_OF_BAND = {"15-19": 0.4}
 CHANNEL_OF_ENCOUNTER = {"online": "online", "home_care": "home_care"}  # anything else: on_site
+# The resident electronic health record (居民电子健康档案) is kept by primary care, where basic
+# public health services are delivered; a hospital's patient registration is not one.
+EHR_TIERS = ("township", "village")
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """A calendar year, quarter or month: ``type`` 'year' | 'quarter' | 'month', ``label``
+    '2024' | '2024Q2' | '2024-04', first and last day."""
+
+    type: str
+    label: str
+    start: dt.date
+    end: dt.date
+
+    @classmethod
+    def year(cls, year: int) -> Period:
+        return cls("year", str(year), dt.date(year, 1, 1), dt.date(year, 12, 31))
+
+    @classmethod
+    def quarter(cls, year: int, quarter: int) -> Period:
+        start = dt.date(year, 3 * quarter - 2, 1)
+        return cls("quarter", f"{year}Q{quarter}", start, _month_end(year, 3 * quarter))
+
+    @classmethod
+    def month(cls, year: int, month: int) -> Period:
+        return cls("month", f"{year}-{month:02d}", dt.date(year, month, 1),
+                   _month_end(year, month))
+
+    @classmethod
+    def containing(cls, day: dt.date) -> list[Period]:
+        """The year, quarter and month a day falls in."""
+        return [cls.year(day.year), cls.quarter(day.year, (day.month - 1) // 3 + 1),
+                cls.month(day.year, day.month)]
+
+
+def _month_end(year: int, month: int) -> dt.date:
+    first_of_next = dt.date(year + month // 12, month % 12 + 1, 1)
+    return first_of_next - dt.timedelta(days=1)
 
 
 @dataclass(frozen=True)
-class YearInputs:
-    """Everything one year's metrics read, as DataFrames (I/O done by :func:`read_inputs`)."""
+class Inputs:
+    """Everything one period's metrics read, as DataFrames (I/O done by :func:`read_tables`)."""
 
-    year: int
+    period: Period
     persons: DataFrame          # person_id, sex, district_code, town_code, age, age_band
     population: DataFrame       # district_code, age_band, sex, population (double)
     encounters: DataFrame
@@ -68,11 +109,11 @@ def age_band(age: Column) -> Column:
                                                              (lo + 4).cast("string")))
 
 
-def persons_at(persons: DataFrame, year: int) -> DataFrame:
-    """Residents with their age and age band at the end of ``year``."""
+def persons_at(persons: DataFrame, end_date: dt.date) -> DataFrame:
+    """Residents with their age and age band on ``end_date`` (the end of the period)."""
     from pyspark.sql import functions as F
 
-    end = F.lit(dt.date(year, 12, 31))
+    end = F.lit(end_date)
     age = F.floor(F.months_between(end, F.col("birth_date")) / 12).cast("int")
     return persons.select("person_id", "sex", "district_code", "town_code",
                           age.alias("age")).withColumn("age_band", age_band(F.col("age")))
@@ -96,20 +137,20 @@ def _percent():
     return F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
 
 
-def _complete(df: DataFrame, metric_id: str, year: int) -> DataFrame:
+def _complete(df: DataFrame, metric_id: str, period: Period) -> DataFrame:
     """Add the identity columns and every missing grain column (null = all)."""
     from pyspark.sql import functions as F
 
     for c in GRAIN_COLUMNS:
         if c not in df.columns:
             df = df.withColumn(c, F.lit(None).cast("string"))
-    return df.select(F.lit(metric_id).alias("metric_id"), F.lit("year").alias("period_type"),
-                     F.lit(str(year)).alias("period"), *GRAIN_COLUMNS,
+    return df.select(F.lit(metric_id).alias("metric_id"), F.lit(period.type).alias("period_type"),
+                     F.lit(period.label).alias("period"), *GRAIN_COLUMNS,
                      F.col("numerator").cast("double"), F.col("denominator").cast("double"),
                      F.col("value").cast("double"))
 
 
-def over_population(facts: DataFrame, population: DataFrame, metric_id: str, year: int,
+def over_population(facts: DataFrame, population: DataFrame, metric_id: str, period: Period,
                     scale: float = 100.0, extra_dims: tuple[str, ...] = ()) -> DataFrame:
     """Count distinct persons (or rows, when ``facts`` has no person_id) per cube of the resident
     dimensions (and ``extra_dims``), over the reference population of the same residents."""
@@ -128,11 +169,11 @@ def over_population(facts: DataFrame, population: DataFrame, metric_id: str, yea
         joined = joined.where(F.col("numerator") > 0)
     return _complete(joined.withColumn(
         "value", F.when(F.col("denominator") > 0, scale * F.col("numerator")
-                        / F.col("denominator"))), metric_id, year)
+                        / F.col("denominator"))), metric_id, period)
 
 
 def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame, metric_id: str,
-                         year: int) -> DataFrame:
+                         period: Period) -> DataFrame:
     """Percent of ``rows`` with ``flag``, for the city, each district, tier and institution (the
     institution's own district and tier)."""
     from pyspark.sql import functions as F
@@ -147,11 +188,11 @@ def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame,
     for keys in sets:
         part = r.groupBy(*keys).agg(*agg)
         out = part if out is None else out.unionByName(part, allowMissingColumns=True)
-    return _complete(out.withColumn("value", _percent()), metric_id, year)
+    return _complete(out.withColumn("value", _percent()), metric_id, period)
 
 
 def person_rates(facts: DataFrame, numerator: Column, denominator: Column, metric_id: str,
-                 year: int) -> DataFrame:
+                 period: Period) -> DataFrame:
     """Percent of persons with ``numerator`` among those with ``denominator`` (both boolean
     columns of ``facts``, one row per person with its district, town, age band and sex), for
     the city, each district and town, crossed with age band and sex."""
@@ -165,22 +206,22 @@ def person_rates(facts: DataFrame, numerator: Column, denominator: Column, metri
             part = facts.groupBy(*geo, *demo).agg(*agg)
             out = part if out is None else out.unionByName(part, allowMissingColumns=True)
     # Cells without anyone in the denominator are left out, except the city's row: a metric
-    # nobody qualified for this year is published as 0 / 0 (value null), not silently missing.
+    # nobody qualified for in the period is published as 0 / 0 (value null), not silently missing.
     city = F.lit(True)
     for c in ("district_code", "town_code", "age_band", "sex"):
         city = city & F.col(c).isNull()
     out = out.where((F.col("denominator") > 0) | city)
     value = F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
-    return _complete(out.withColumn("value", value), metric_id, year)
+    return _complete(out.withColumn("value", value), metric_id, period)
 
 
-def managed(inputs: YearInputs, condition: str) -> DataFrame:
-    """Per adult diagnosed by the end of the year: follow-ups in the year, and whether the
+def managed(inputs: Inputs, condition: str) -> DataFrame:
+    """Per adult diagnosed by the end of the period: follow-ups in the period, and whether the
     latest one is on target (BP < 140/90, < 150/90 from 65; fasting glucose < 7.0 mmol/L)."""
     from pyspark.sql import functions as F
 
-    fu = _in_year(inputs.followups.where(F.col("condition") == condition), "followup_at",
-                  inputs.year)
+    fu = _in_period(inputs.followups.where(F.col("condition") == condition), "followup_at",
+                  inputs.period)
     latest = F.max_by(F.struct("systolic_bp", "diastolic_bp", "fasting_glucose"), "followup_at")
     per_person = fu.groupBy("person_id").agg(F.count("*").alias("n_followups"),
                                              latest.alias("last"))
@@ -199,33 +240,33 @@ def managed(inputs: YearInputs, condition: str) -> DataFrame:
         F.coalesce(on_target, F.lit(False)).alias("is_on_target"))
 
 
-def management_rates(inputs: YearInputs, condition: str) -> DataFrame:
+def management_rates(inputs: Inputs, condition: str) -> DataFrame:
     """Management, standardised-management and control rates of a condition."""
     from pyspark.sql import functions as F
 
     facts = managed(inputs, condition).cache()
     return (person_rates(facts, F.col("is_managed"), F.col("is_diagnosed"),
-                         f"{condition}_management_rate", inputs.year)
+                         f"{condition}_management_rate", inputs.period)
             .unionByName(person_rates(facts, F.col("is_standard"), F.col("is_managed"),
-                                      f"{condition}_standardised_management_rate", inputs.year))
+                                      f"{condition}_standardised_management_rate", inputs.period))
             .unionByName(person_rates(facts, F.col("is_on_target"), F.col("is_managed"),
-                                      f"{condition}_control_rate", inputs.year)))
+                                      f"{condition}_control_rate", inputs.period)))
 
 
-def elderly_health_management_rate(inputs: YearInputs) -> DataFrame:
-    """Residents 65+ with a general health examination (ICD-10 Z00) in the year, over the
+def elderly_health_management_rate(inputs: Inputs) -> DataFrame:
+    """Residents 65+ with a general health examination (ICD-10 Z00) in the period, over the
     reference population aged 65+."""
     from pyspark.sql import functions as F
 
-    checked = (_in_year(inputs.encounters, "visit_at", inputs.year)
+    checked = (_in_period(inputs.encounters, "visit_at", inputs.period)
                .where(F.col("icd10_3char") == "Z00").select("person_id").distinct()
                .join(inputs.persons, "person_id").where(F.col("age") >= 65))
     old = F.split("age_band", "[-+]")[0].cast("int") >= 65
     return over_population(checked, inputs.population.where(old),
-                           "elderly_health_management_rate", inputs.year)
+                           "elderly_health_management_rate", inputs.period)
 
 
-def counts(rows: DataFrame, grouping_sets: list[list[str]], metric_id: str, year: int
+def counts(rows: DataFrame, grouping_sets: list[list[str]], metric_id: str, period: Period
            ) -> DataFrame:
     """Row counts for each grouping set (a count has no denominator)."""
     from pyspark.sql import functions as F
@@ -235,47 +276,47 @@ def counts(rows: DataFrame, grouping_sets: list[list[str]], metric_id: str, year
         part = rows.groupBy(*keys).agg(F.count("*").alias("numerator"))
         out = part if out is None else out.unionByName(part, allowMissingColumns=True)
     out = out.withColumn("denominator", F.lit(None).cast("double"))
-    return _complete(out.withColumn("value", F.col("numerator")), metric_id, year)
+    return _complete(out.withColumn("value", F.col("numerator")), metric_id, period)
 
 
-def diagnosis_count(inputs: YearInputs) -> DataFrame:
-    """Encounters of the year by ICD-10 category (with its condition family) and the patient's
+def diagnosis_count(inputs: Inputs) -> DataFrame:
+    """Encounters of the period by ICD-10 category (with its condition family) and the patient's
     district and town: the top diagnoses by area are the largest rows."""
     from pyspark.sql import functions as F
 
-    rows = (_in_year(inputs.encounters, "visit_at", inputs.year)
+    rows = (_in_period(inputs.encounters, "visit_at", inputs.period)
             .where(F.col("icd10_3char").isNotNull())
             .select("person_id", F.col("icd10_3char").alias("icd10_category"),
                     F.col("condition_family").alias("condition"))
             .join(inputs.persons.select("person_id", "district_code", "town_code"), "person_id"))
     dx = ["icd10_category", "condition"]
     return counts(rows, [dx, ["district_code", *dx], ["district_code", "town_code", *dx]],
-                  "diagnosis_count", inputs.year)
+                  "diagnosis_count", inputs.period)
 
 
-def referral_flows(inputs: YearInputs) -> DataFrame:
-    """referrals_up and referrals_down: referrals sent in the year by the sender's district,
+def referral_flows(inputs: Inputs) -> DataFrame:
+    """referrals_up and referrals_down: referrals sent in the period by the sender's district,
     tier and institution, the receiver's tier and the channel."""
     from pyspark.sql import functions as F
 
     inst = inputs.institutions.select("institution_id", "district_code", "tier")
     to = inputs.institutions.select(F.col("institution_id").alias("to_institution_id"),
                                     F.col("tier").alias("to_tier"))
-    rows = (_in_year(inputs.referrals, "referred_at", inputs.year).drop("tier")
+    rows = (_in_period(inputs.referrals, "referred_at", inputs.period).drop("tier")
             .join(inst, "institution_id", "left").join(to, "to_institution_id", "left"))
     sets = [[], ["district_code"], ["tier"], ["tier", "to_tier"], ["channel"],
             ["tier", "to_tier", "channel"], ["institution_id", "district_code", "tier"]]
-    return (counts(rows.where(F.col("direction") == "up"), sets, "referrals_up", inputs.year)
+    return (counts(rows.where(F.col("direction") == "up"), sets, "referrals_up", inputs.period)
             .unionByName(counts(rows.where(F.col("direction") == "down"), sets,
-                                "referrals_down", inputs.year)))
+                                "referrals_down", inputs.period)))
 
 
-def diagnosed(inputs: YearInputs, condition: str) -> DataFrame:
+def diagnosed(inputs: Inputs, condition: str) -> DataFrame:
     """Persons diagnosed with ``condition`` (encounter condition family or a follow-up for it)
-    by the end of the year."""
+    by the end of the period."""
     from pyspark.sql import functions as F
 
-    end = dt.date(inputs.year, 12, 31)
+    end = inputs.period.end
     enc = inputs.encounters.where((F.col("condition_family") == condition)
                                   & (F.to_date("visit_at") <= F.lit(end)))
     fu = inputs.followups.where((F.col("condition") == condition)
@@ -283,25 +324,26 @@ def diagnosed(inputs: YearInputs, condition: str) -> DataFrame:
     return enc.select("person_id").unionByName(fu.select("person_id")).distinct()
 
 
-def _in_year(df: DataFrame, column: str, year: int) -> DataFrame:
+def _in_period(df: DataFrame, column, period: Period) -> DataFrame:
     from pyspark.sql import functions as F
 
-    return df.where(F.year(column) == year)
+    day = F.to_date(column)
+    return df.where((day >= F.lit(period.start)) & (day <= F.lit(period.end)))
 
 
 # -- the metrics --------------------------------------------------------------------------------
 
 
-def prevalence_crude(inputs: YearInputs, condition: str) -> DataFrame:
+def prevalence_crude(inputs: Inputs, condition: str) -> DataFrame:
     from pyspark.sql import functions as F
 
     facts = (diagnosed(inputs, condition).join(inputs.persons, "person_id")
              .where(F.col("age") >= ADULT_AGE))
     return over_population(facts, adult_population(inputs.population),
-                           f"{condition}_prevalence_crude", inputs.year)
+                           f"{condition}_prevalence_crude", inputs.period)
 
 
-def prevalence_age_standardised(inputs: YearInputs, condition: str) -> DataFrame:
+def prevalence_age_standardised(inputs: Inputs, condition: str) -> DataFrame:
     """Sum over adult bands of band prevalence x standard weight, over the sum of those weights
     (the 15-19 band's weight taken at its adult share), for the city and districts by sex."""
     from pyspark.sql import functions as F
@@ -314,71 +356,105 @@ def prevalence_age_standardised(inputs: YearInputs, condition: str) -> DataFrame
             .agg(F.sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
                  .alias("numerator"), F.sum("w").alias("denominator")))
     return _complete(rows.withColumn("value", _percent()), f"{condition}_prevalence_age_std",
-                     inputs.year)
+                     inputs.period)
 
 
-def ehr_coverage(inputs: YearInputs) -> DataFrame:
+def health_records_at(inputs: Inputs) -> DataFrame:
+    """Resident health records (primary care, :data:`EHR_TIERS`) existing at the end of the
+    period."""
     from pyspark.sql import functions as F
 
-    end = dt.date(inputs.year, 12, 31)
-    with_record = (inputs.health_records.where(F.to_date("registered_at") <= F.lit(end))
-                   .select("person_id").distinct())
+    end = inputs.period.end
+    return inputs.health_records.where(F.col("tier").isin(*EHR_TIERS)
+                                       & (F.to_date("registered_at") <= F.lit(end)))
+
+
+def ehr_coverage(inputs: Inputs) -> DataFrame:
+    with_record = health_records_at(inputs).select("person_id").distinct()
     facts = with_record.join(inputs.persons, "person_id")
-    return over_population(facts, inputs.population, "ehr_coverage", inputs.year)
+    return over_population(facts, inputs.population, "ehr_coverage", inputs.period)
 
 
-def visits_per_1000(inputs: YearInputs) -> DataFrame:
+def ehr_dynamic_use_rate(inputs: Inputs) -> DataFrame:
+    """Health records used in the twelve months up to the end of the period (their person had an
+    encounter, follow-up or lab result anywhere, or the record was updated), by the holding
+    institution, its district and tier."""
+    from pyspark.sql import functions as F
+
+    end = inputs.period.end
+    start = end - dt.timedelta(days=365)
+
+    def used(df: DataFrame, column) -> DataFrame:
+        when = F.to_date(column)
+        return (df.where((when > F.lit(start)) & (when <= F.lit(end)))
+                .select("person_id").distinct())
+
+    people = (used(inputs.encounters, "visit_at")
+              .unionByName(used(inputs.followups, "followup_at"))
+              .unionByName(used(inputs.lab_results, F.coalesce("reported_at", "collected_at")))
+              .distinct().withColumn("_active", F.lit(True)))
+    updated = F.to_date("updated_at")
+    records = (health_records_at(inputs).join(people, "person_id", "left")
+               .withColumn("_used", F.coalesce("_active", F.lit(False))
+                           | ((updated > F.lit(start)) & (updated <= F.lit(end))).eqNullSafe(True))
+               .drop("district_code"))
+    return share_by_institution(records, F.col("_used"), inputs.institutions,
+                                "ehr_dynamic_use_rate", inputs.period)
+
+
+def visits_per_1000(inputs: Inputs) -> DataFrame:
     from pyspark.sql import functions as F
 
     channel = F.lit("on_site")
     for etype, ch in CHANNEL_OF_ENCOUNTER.items():
         channel = F.when(F.col("encounter_type") == etype, F.lit(ch)).otherwise(channel)
-    facts = (_in_year(inputs.encounters, "visit_at", inputs.year)
+    facts = (_in_period(inputs.encounters, "visit_at", inputs.period)
              .select("tier", channel.alias("channel"), "person_id")
              .join(inputs.persons.drop("tier"), "person_id").drop("person_id"))
-    return over_population(facts, inputs.population, "visits_per_1000", inputs.year,
+    return over_population(facts, inputs.population, "visits_per_1000", inputs.period,
                            scale=1000.0, extra_dims=("tier", "channel"))
 
 
-def online_visit_share(inputs: YearInputs) -> DataFrame:
+def online_visit_share(inputs: Inputs) -> DataFrame:
     from pyspark.sql import functions as F
 
-    return share_by_institution(_in_year(inputs.encounters, "visit_at", inputs.year),
+    return share_by_institution(_in_period(inputs.encounters, "visit_at", inputs.period),
                                 F.col("encounter_type") == "online", inputs.institutions,
-                                "online_visit_share", inputs.year)
+                                "online_visit_share", inputs.period)
 
 
-def mutual_recognition_rate(inputs: YearInputs) -> DataFrame:
+def mutual_recognition_rate(inputs: Inputs) -> DataFrame:
     from pyspark.sql import functions as F
 
     return share_by_institution(
-        _in_year(inputs.lab_results, F.coalesce("reported_at", "collected_at"), inputs.year),
+        _in_period(inputs.lab_results, F.coalesce("reported_at", "collected_at"), inputs.period),
         F.coalesce(F.col("is_mutual_recognised"), F.lit(False)), inputs.institutions,
-        "mutual_recognition_rate", inputs.year)
+        "mutual_recognition_rate", inputs.period)
 
 
-def digital_referral_share(inputs: YearInputs) -> DataFrame:
+def digital_referral_share(inputs: Inputs) -> DataFrame:
     from pyspark.sql import functions as F
 
-    return share_by_institution(_in_year(inputs.referrals, "referred_at", inputs.year),
+    return share_by_institution(_in_period(inputs.referrals, "referred_at", inputs.period),
                                 F.col("channel") == "digital", inputs.institutions,
-                                "digital_referral_share", inputs.year)
+                                "digital_referral_share", inputs.period)
 
 
 # Metrics computed together (one scan of their inputs) and the ids they produce.
-METRIC_GROUPS: dict[str, tuple[Callable[[YearInputs], DataFrame], tuple[str, ...]]] = {
+METRIC_GROUPS: dict[str, tuple[Callable[[Inputs], DataFrame], tuple[str, ...]]] = {
     condition: (lambda i, c=condition: management_rates(i, c),
                 (f"{condition}_management_rate", f"{condition}_standardised_management_rate",
                  f"{condition}_control_rate"))
     for condition in ("hypertension", "diabetes")
 } | {"referral_flows": (referral_flows, ("referrals_up", "referrals_down"))}
 
-METRICS: dict[str, Callable[[YearInputs], DataFrame]] = {
+METRICS: dict[str, Callable[[Inputs], DataFrame]] = {
     "hypertension_prevalence_crude": lambda i: prevalence_crude(i, "hypertension"),
     "diabetes_prevalence_crude": lambda i: prevalence_crude(i, "diabetes"),
     "hypertension_prevalence_age_std": lambda i: prevalence_age_standardised(i, "hypertension"),
     "diabetes_prevalence_age_std": lambda i: prevalence_age_standardised(i, "diabetes"),
     "ehr_coverage": ehr_coverage,
+    "ehr_dynamic_use_rate": ehr_dynamic_use_rate,
     "elderly_health_management_rate": elderly_health_management_rate,
     "visits_per_1000": visits_per_1000,
     "diagnosis_count": diagnosis_count,
@@ -396,8 +472,8 @@ def metric_ids() -> list[str]:
 # -- the job ------------------------------------------------------------------------------------
 
 
-def read_inputs(spark: SparkSession, settings: Settings, catalogue: MetricCatalogue, year: int
-                ) -> YearInputs:
+def read_tables(spark: SparkSession, settings: Settings) -> dict[str, DataFrame]:
+    """The curated tables and the reference population every period's metrics read."""
     import pandas as pd
 
     def table(name: str) -> DataFrame:
@@ -410,56 +486,84 @@ def read_inputs(spark: SparkSession, settings: Settings, catalogue: MetricCatalo
                       dtype={"district_code": str, "age_band": str, "sex": str})
     population = spark.createDataFrame(
         pop[["district_code", "age_band", "sex", "population"]].astype({"population": float}))
-    return YearInputs(
-        year=year, persons=persons_at(table("silver.person"), year), population=population,
-        encounters=table("silver.encounter"), followups=table("silver.chronic_followup"),
-        health_records=table("silver.health_record"), lab_results=table("silver.lab_result"),
-        referrals=table("silver.referral"), institutions=table("silver.institution"),
-        standard_weights=catalogue.standard_population)
+    names = {"persons": "silver.person", "encounters": "silver.encounter",
+             "followups": "silver.chronic_followup", "health_records": "silver.health_record",
+             "lab_results": "silver.lab_result", "referrals": "silver.referral",
+             "institutions": "silver.institution"}
+    return {"population": population} | {k: table(v) for k, v in names.items()}
 
 
-def years_touched(spark: SparkSession, settings: Settings, extract_date: dt.date) -> list[int]:
-    """The years whose events (encounters, follow-ups, lab results, referrals) arrived in an
-    extract date's curated rows, and the extract date's own year. A health record registered
-    years ago and sent now counts from the extract date's year: past years' coverage stays as
-    it was published."""
+def inputs_for(tables: dict[str, DataFrame], catalogue: MetricCatalogue, period: Period
+               ) -> Inputs:
+    """One period's inputs: the tables, with residents' ages at the end of the period."""
+    return Inputs(period=period, standard_weights=catalogue.standard_population,
+                  **(tables | {"persons": persons_at(tables["persons"], period.end)}))
+
+
+EVENT_COLUMNS = (("silver.encounter", "visit_at"), ("silver.chronic_followup", "followup_at"),
+                 ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at"))
+
+
+def periods_touched(spark: SparkSession, settings: Settings, extract_date: dt.date
+                    ) -> list[Period]:
+    """The years, quarters and months of the events (encounters, follow-ups, lab results,
+    referrals) that arrived in an extract date's curated rows, and of the extract date itself.
+    A health record registered years ago and sent now counts from the extract date: past
+    periods' coverage stays as it was published."""
     from pyspark.sql import functions as F
 
-    years = set()
-    for name, col in (("silver.encounter", "visit_at"), ("silver.chronic_followup", "followup_at"),
-                      ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at")):
+    months = {(extract_date.year, extract_date.month)}
+    for name, col in EVENT_COLUMNS:
         if table_exists(spark, settings, name):
-            years |= {r["y"] for r in read_table(spark, settings, name)
-                      .where(F.col("extract_date") == F.lit(extract_date))
-                      .select(F.year(col).alias("y")).distinct().collect() if r["y"]}
-    return sorted(years | {extract_date.year})
+            months |= {(r["y"], r["m"]) for r in read_table(spark, settings, name)
+                       .where(F.col("extract_date") == F.lit(extract_date))
+                       .select(F.year(col).alias("y"), F.month(col).alias("m")).distinct()
+                       .collect() if r["y"]}
+    return sorted({p for y, m in months for p in Period.containing(dt.date(y, m, 1))})
+
+
+def periods_of_year(year: int) -> list[Period]:
+    """A whole year: the year, its quarters and its months (``healthlake gold --year``)."""
+    return ([Period.year(year)] + [Period.quarter(year, q) for q in range(1, 5)]
+            + [Period.month(year, m) for m in range(1, 13)])
+
+
+def metrics_for(catalogue: MetricCatalogue, period_type: str) -> list[str]:
+    """The metric ids this module computes whose catalogue grains include the period type."""
+    return [m for m in metric_ids() if period_type in catalogue.metric(m).grains]
 
 
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
-        years: list[int] | None = None) -> dict:
-    """Recompute gold.metric_value for the years the extract date touched (or ``years``)."""
+        periods: list[Period] | None = None) -> dict:
+    """Recompute gold.metric_value for the periods the extract date touched (or ``periods``):
+    each metric at the period types its catalogue entry lists."""
     watch = Stopwatch()
     catalogue = load_catalogue(settings)
     unknown = set(metric_ids()) - set(catalogue.metrics)
     if unknown:
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
-    years = years or years_touched(spark, settings, extract_date)
-    counts = {}
-    for year in years:
-        inputs = read_inputs(spark, settings, catalogue, year)
-        frames = [fn(inputs) for fn in METRICS.values()]
-        frames += [fn(inputs) for fn, _ in METRIC_GROUPS.values()]
+    periods = sorted(periods or periods_touched(spark, settings, extract_date))
+    tables = read_tables(spark, settings)
+    rows = {}
+    for period in periods:
+        wanted = set(metrics_for(catalogue, period.type))
+        if not wanted:
+            continue
+        inputs = inputs_for(tables, catalogue, period)
+        frames = [fn(inputs) for mid, fn in METRICS.items() if mid in wanted]
+        frames += [fn(inputs) for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
         out = frames[0]
         for f in frames[1:]:
             out = out.unionByName(f)
         out = out.cache()
-        counts[str(year)] = {r["metric_id"]: r["count"] for r in
-                             out.groupBy("metric_id").count().orderBy("metric_id").collect()}
+        rows[period.label] = {r["metric_id"]: r["count"] for r in
+                              out.groupBy("metric_id").count().orderBy("metric_id").collect()}
         write_table(out, settings, "gold.metric_value",
-                    replace_where=f"period_type = 'year' AND period = '{year}'")
+                    replace_where=f"period_type = '{period.type}' AND period = '{period.label}'")
         out.unpersist()
-        watch.lap(str(year))
-    summary = {"extract_date": extract_date.isoformat(), "years": years, "rows": counts,
+        watch.lap(period.label)
+    summary = {"extract_date": extract_date.isoformat(), "periods": [p.label for p in periods],
+               "years": sorted({p.start.year for p in periods}), "rows": rows,
                "seconds": watch.total}
     log.info("gold metrics %s: %s", extract_date, summary)
     return summary

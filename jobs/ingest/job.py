@@ -286,7 +286,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     if superseded:
         _remove_superseded(spark, settings, superseded, day)
     log_df = spark.createDataFrame(
-        _ingest_log_rows(plan, file_stats, run_id), INGEST_LOG_DDL)
+        _ingest_log_rows(plan, file_stats, run_id, history.first_seen), INGEST_LOG_DDL)
     write_table(log_df, settings, "ops.ingest_log", replace_where=where)
     timings["log"] = _lap(started, timings)
     if read_df is not None:
@@ -334,14 +334,20 @@ class _History:
     loaded_elsewhere: dict[str, tuple[str, str]] = field(default_factory=dict)
     # (feed, "bronze" | "quarantine") that held rows of this day after the previous run
     written: set[tuple[str, str]] = field(default_factory=set)
+    # (source_file, sha256, status is 'missing') -> when an earlier run of this day first saw it
+    first_seen: dict[tuple[str, str | None, bool], dt.datetime] = field(default_factory=dict)
 
 
 def _ingest_history(spark, settings: Settings, day: str) -> _History:
     history = _History()
     if not table_exists(spark, settings, "ops.ingest_log"):
         return history
-    rows = (read_table(spark, settings, "ops.ingest_log")
-            .where("status IN ('loaded', 'quarantined')")
+    log_rows = read_table(spark, settings, "ops.ingest_log")
+    for r in (log_rows.where(f"extract_date = DATE'{day}'")
+              .select("source_file", "sha256", "status", "ingested_at").collect()):
+        history.first_seen[(r["source_file"], r["sha256"], r["status"] == "missing")] = \
+            r["ingested_at"]
+    rows = (log_rows.where("status IN ('loaded', 'quarantined')")
             .select("sha256", "extract_date", "source_file", "feed", "rows_loaded",
                     "rows_quarantined", "status").collect())
     for r in rows:
@@ -373,13 +379,18 @@ def _remove_superseded(spark, settings: Settings, shas: list[str], day: str) -> 
                 day, len(set(shas)), day)
 
 
-def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str) -> list[tuple]:
+def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str,
+                     first_seen: dict[tuple[str, str | None, bool], dt.datetime]) -> list[tuple]:
+    """The day's log. ``ingested_at`` is when a run of this day first saw the file as it is now
+    (the same bytes, or missing still): a file that arrived after the day's first run has a
+    later time than the rest, which is how the data-quality scorecard tells late from on time."""
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     out = []
     for p in plan.files:
         f = p.landed
         s = stats.get(f.source_file, {})
         rows_in = s.get("rows_in")
+        seen = first_seen.get((f.source_file, p.sha256, p.status == "missing"), now)
         row = {
             "extract_date": dt.date.fromisoformat(plan.extract_date),
             "institution_id": f.institution_id, "tier": f.tier, "feed": f.feed or None,
@@ -391,7 +402,7 @@ def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str) -> list
             "message": p.message or None, "duplicate_of": p.duplicate_of,
             "unknown_columns": s.get("unknown_columns"),
             "missing_optional_columns": s.get("missing_optional_columns"),
-            "read_ms": s.get("read_ms"), "run_id": run_id, "ingested_at": now,
+            "read_ms": s.get("read_ms"), "run_id": run_id, "ingested_at": seen,
         }
         out.append(tuple(row[c] for c in INGEST_LOG_COLUMNS))
     return out
