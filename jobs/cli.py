@@ -120,6 +120,19 @@ def cmd_gold(settings: Settings, args: argparse.Namespace) -> dict:
     return job.run_days(spark, settings, days, args.year)
 
 
+def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs import maintenance
+    from jobs.orchestration import orchestration_settings
+    from jobs.spark import get_spark
+
+    hours = args.retention_hours
+    if hours is None:
+        hours = orchestration_settings(settings).vacuum_retention_hours
+    maintenance.check_retention(hours)  # a too short retention fails before Spark starts
+    spark = get_spark(settings, app_name="healthlake-maintenance")
+    return maintenance.run(spark, settings, hours)
+
+
 def cmd_er_eval(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.silver import evaluate
     from jobs.spark import get_spark
@@ -183,6 +196,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "gold": (cmd_gold, "recompute the data-quality scorecard of a day (or range), then the "
                        "metrics and the informatization index of the years it touched (or "
                        "--year)"),
+    "maintenance": (cmd_maintenance, "OPTIMIZE (Z-ORDER where configured) and VACUUM every "
+                                     "catalogued Delta table (retention at least 168 h)"),
     "er-eval": (cmd_er_eval, "score entity resolution against the generator's ground truth"),
     "match": (cmd_match, "deduplicate any table with a match specification (Splink)"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
@@ -216,6 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "gold":
             p.add_argument("--year", type=int,
                            help="recompute this whole year (the year, its quarters and months)")
+        if name == "maintenance":
+            p.add_argument("--retention-hours", type=int,
+                           help="VACUUM retention, at least 168 (default: conf)")
         if name == "match":
             p.add_argument("--config", required=True, help="match specification (YAML)")
             p.add_argument("--input", required=True, help="Delta table, Parquet or CSV")

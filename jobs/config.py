@@ -100,6 +100,8 @@ class Settings:
     standard_population: dict[str, Any] = field(default_factory=dict)
     # The informatization index (conf/base/index.yaml), validated by jobs.gold.index.
     index: dict[str, Any] = field(default_factory=dict)
+    # Airflow orchestration (conf/base/orchestration.yaml), validated by jobs.orchestration.
+    orchestration: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

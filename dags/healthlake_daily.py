@@ -1,0 +1,115 @@
+"""
+### healthlake_daily: one run per extract date (Asia/Shanghai)
+
+Institutions send each day's extract to `landing/<extract_date>/<institution>/`. Each run takes
+one extract date D through the medallion layers:
+
+`wait_for_manifests` >> `ingest` >> `standardise` >> `resolve` >> `curate` >> `gold`
+
+**Which day a run processes.** The timetable has one data interval per local day,
+`[D 00:00, D+1 00:00)` Asia/Shanghai; the run starts at local midnight of D+1, when the
+interval ends, and processes `landing/D/`. Its logical date is local midnight of D, which
+Airflow stores in UTC as the day before (`2024-04-15T00:00+08:00` = `2024-04-14T16:00Z`, and
+`ds` is `2024-04-14`), so every task takes the extract date from the logical date converted to
+Asia/Shanghai (`jobs.orchestration.extract_date_of`), never from `ds`. To run a day by hand,
+trigger with `logical_date=2024-04-15T00:00:00+08:00` for extract date 2024-04-15.
+
+**How jobs run.** Every task runs the `healthlake` CLI (the same command a data engineer runs)
+with `spark-submit --master <spark.master> jobs/entrypoint.py <command> --date D`, so the DAG
+drives a cluster by configuration (`HEALTHLAKE_SPARK__MASTER=spark://...`). The Apache Spark
+provider's `SparkSubmitOperator` is not used: the provider requires `pyspark-client`, the Spark
+Connect client, which installs its own `pyspark` package over the full `pyspark==4.1.1` the
+jobs need. A `@task.bash` building the same spark-submit command at run time is the
+equivalent; the command, with the Delta jars and Spark settings of `conf/`, is in the task log.
+
+**Safety.** Each job replaces exactly the day's partitions in one Delta commit, so a failed task
+is safe to clear and re-run, and a backfill (`airflow backfill create --dag-id healthlake_daily
+--from-date ... --to-date ...`) re-runs days. Tasks retry with exponential back-off; every task
+that writes Delta tables takes the one slot of the pool `orchestration.delta_pool` (create it:
+`airflow pools set healthlake_delta 1 "Delta writers"`), and `max_active_runs=1`, so one task
+writes at a time. Per-run counts (files, rows, quarantined) are in each task's log and in
+`ops.ingest_log`, `quarantine.*` and `gold.dq_scorecard`.
+
+Configuration: `conf/base/orchestration.yaml` (cut-off, retries, pool), `conf/base/settings.yaml`
+(time zone, Spark master).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, task
+
+from jobs.config import load
+from jobs.landing_sensor import ManifestsSensor
+from jobs.orchestration import (
+    GOLD_ASSET_NAME,
+    GOLD_ASSET_URI,
+    daily_job_command,
+    extract_date_of,
+    orchestration_settings,
+    task_defaults,
+)
+
+# Parse time reads the configuration files only (no lake, no Spark, no Airflow Variables).
+SETTINGS = load()
+ORCH = orchestration_settings(SETTINGS)
+TZ = SETTINGS.timezone
+GOLD = Asset(name=GOLD_ASSET_NAME, uri=GOLD_ASSET_URI)
+
+with DAG(
+    dag_id="healthlake_daily",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone=TZ),
+    start_date=pendulum.datetime(ORCH.first_extract_date.year, ORCH.first_extract_date.month,
+                                 ORCH.first_extract_date.day, tz=TZ),
+    catchup=False,
+    max_active_runs=1,
+    default_args=task_defaults(ORCH),
+    doc_md=__doc__,
+    tags=["healthlake", "daily"],
+) as dag:
+    wait_for_manifests = ManifestsSensor(
+        task_id="wait_for_manifests",
+        doc_md="Waits, deferred (no worker slot), until every registered institution has "
+               "delivered `landing/D/<institution>/_manifest.json` or until the cut-off "
+               "(`orchestration.manifests_cutoff_local_time` on D+1), then succeeds either way: "
+               "the day goes on with what arrived and the log lists who is missing. Ingest "
+               "records missing files; a late file loads in a later run.",
+    )
+
+    @task.bash(pool=ORCH.delta_pool)
+    def ingest(logical_date=None) -> str:
+        """Loads the day's landed files into `bronze.<feed>` (contracts of `schemas/`),
+        rejected rows and files into `quarantine.<feed>`, one row per file into
+        `ops.ingest_log` (rows in = loaded + quarantined): `healthlake ingest --date D`."""
+        return daily_job_command("ingest", logical_date)
+
+    @task.bash(pool=ORCH.delta_pool)
+    def standardise(logical_date=None) -> str:
+        """Types and validates the day's bronze rows into `silver_std.<feed>`, values it cannot
+        type into `quarantine.silver`: `healthlake standardise --date D`."""
+        return daily_job_command("standardise", logical_date)
+
+    @task.bash(pool=ORCH.delta_pool)
+    def resolve(logical_date=None) -> str:
+        """Entity resolution of the day's local patients (national ID, then Splink) into
+        `restricted.identity`, `silver.person_link`, `silver.person`:
+        `healthlake resolve --date D`."""
+        return daily_job_command("resolve", logical_date)
+
+    @task.bash(pool=ORCH.delta_pool)
+    def curate(logical_date=None) -> str:
+        """Merges the day's records into the curated silver tables, with `person_id` and no
+        identifiers in clear: `healthlake curate --date D`."""
+        return daily_job_command("curate", logical_date)
+
+    @task.bash(pool=ORCH.delta_pool, outlets=[GOLD])
+    def gold(logical_date=None, outlet_events=None) -> str:
+        """Recomputes the day's data-quality scorecard, then the metrics and the index of the
+        periods the day touched: `healthlake gold --date D`. On success it updates the asset
+        `healthlake_gold` (its event carries the extract date), which schedules
+        `healthlake_index_report`."""
+        day = extract_date_of(logical_date, TZ)
+        outlet_events[GOLD].extra = {"extract_date": day.isoformat()}
+        return daily_job_command("gold", logical_date)
+
+    wait_for_manifests >> ingest() >> standardise() >> resolve() >> curate() >> gold()

@@ -1,0 +1,54 @@
+"""
+### healthlake_index_report: the year's metrics and informatization index, refreshed
+
+`refresh_year` runs `healthlake gold --date D --year Y` (through spark-submit, like every
+healthlake task): the metrics of the whole year Y (the year, its quarters and months) and the
+informatization index, for the year of each extract date D it is given.
+
+It runs when the daily DAG's `gold` task updates the asset `healthlake_gold` (the asset event
+carries the extract date; late files can change any period of that year), and on the 1st of
+each month at 03:00 Asia/Shanghai for the month just ended. Writes Delta tables, so it takes the
+Delta pool's one slot. Exports are not part of the pipeline yet.
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
+
+from jobs.config import load
+from jobs.orchestration import (
+    GOLD_ASSET_NAME,
+    GOLD_ASSET_URI,
+    index_report_command,
+    orchestration_settings,
+    task_defaults,
+)
+
+SETTINGS = load()
+ORCH = orchestration_settings(SETTINGS)
+TZ = SETTINGS.timezone
+GOLD = Asset(name=GOLD_ASSET_NAME, uri=GOLD_ASSET_URI)
+
+with DAG(
+    dag_id="healthlake_index_report",
+    schedule=AssetOrTimeSchedule(
+        timetable=CronTriggerTimetable("0 3 1 * *", timezone=TZ), assets=GOLD),
+    start_date=pendulum.datetime(ORCH.first_extract_date.year, ORCH.first_extract_date.month,
+                                 ORCH.first_extract_date.day, tz=TZ),
+    catchup=False,
+    max_active_runs=1,
+    default_args=task_defaults(ORCH),
+    doc_md=__doc__,
+    tags=["healthlake", "report"],
+) as dag:
+
+    @task.bash(pool=ORCH.delta_pool)
+    def refresh_year(logical_date=None, triggering_asset_events=None) -> str:
+        """`healthlake gold --date D --year Y` for the year of each extract date the gold
+        asset's events carry, or (monthly schedule) of the last day of the month just ended."""
+        events = (triggering_asset_events or {}).get(GOLD, [])
+        dates = [e.extra["extract_date"] for e in events if "extract_date" in (e.extra or {})]
+        return index_report_command(dates, logical_date)
+
+    refresh_year()
