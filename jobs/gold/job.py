@@ -27,14 +27,14 @@ log = logging.getLogger(__name__)
 
 
 def run_days(spark: SparkSession, settings: Settings, days: list[dt.date],
-             year: int | None = None) -> dict:
+             year: int | None = None, periods: list[metrics.Period] | None = None) -> dict:
     """Scorecards of ``days``, then metrics and index of the periods they touched (or of the
-    whole ``year``: the year, its quarters and months)."""
+    whole ``year``: the year, its quarters and months; or exactly ``periods``)."""
     cards = {d.isoformat(): scorecard.run(spark, settings, d) for d in days}
-    if year is None:
-        periods = sorted({p for d in days for p in metrics.periods_touched(spark, settings, d)})
-    else:
+    if year is not None:
         periods = metrics.periods_of_year(year)
+    elif periods is None:
+        periods = sorted({p for d in days for p in metrics.periods_touched(spark, settings, d)})
     computed = metrics.run(spark, settings, days[-1], periods)
     years = computed["years"]
     idx = index.run(spark, settings, years)

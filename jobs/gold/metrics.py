@@ -137,6 +137,12 @@ def _percent():
     return F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
 
 
+def by_grouping_sets(df: DataFrame, sets: list[list[str]], *aggs: Column) -> DataFrame:
+    """``aggs`` for each grouping set in one aggregation (columns outside a set are null)."""
+    columns = list(dict.fromkeys(c for keys in sets for c in keys))
+    return df.groupingSets([tuple(keys) for keys in sets], *columns).agg(*aggs)
+
+
 def _complete(df: DataFrame, metric_id: str, period: Period) -> DataFrame:
     """Add the identity columns and every missing grain column (null = all)."""
     from pyspark.sql import functions as F
@@ -184,10 +190,7 @@ def share_by_institution(rows: DataFrame, flag: Column, institutions: DataFrame,
                      else F.col("_tier")))
     agg = [F.count_if(flag).alias("numerator"), F.count("*").alias("denominator")]
     sets = [[], ["district_code"], ["tier"], ["institution_id", "district_code", "tier"]]
-    out = None
-    for keys in sets:
-        part = r.groupBy(*keys).agg(*agg)
-        out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    out = by_grouping_sets(r, sets, *agg)
     return _complete(out.withColumn("value", _percent()), metric_id, period)
 
 
@@ -200,11 +203,9 @@ def person_rates(facts: DataFrame, numerator: Column, denominator: Column, metri
 
     agg = [F.count_if(numerator & denominator).alias("numerator"),
            F.count_if(denominator).alias("denominator")]
-    out = None
-    for geo in ([], ["district_code"], ["district_code", "town_code"]):
-        for demo in ([], ["age_band"], ["sex"], ["age_band", "sex"]):
-            part = facts.groupBy(*geo, *demo).agg(*agg)
-            out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    sets = [geo + demo for geo in ([], ["district_code"], ["district_code", "town_code"])
+            for demo in ([], ["age_band"], ["sex"], ["age_band", "sex"])]
+    out = by_grouping_sets(facts, sets, *agg)
     # Cells without anyone in the denominator are left out, except the city's row: a metric
     # nobody qualified for in the period is published as 0 / 0 (value null), not silently missing.
     city = F.lit(True)
@@ -271,10 +272,7 @@ def counts(rows: DataFrame, grouping_sets: list[list[str]], metric_id: str, peri
     """Row counts for each grouping set (a count has no denominator)."""
     from pyspark.sql import functions as F
 
-    out = None
-    for keys in grouping_sets:
-        part = rows.groupBy(*keys).agg(F.count("*").alias("numerator"))
-        out = part if out is None else out.unionByName(part, allowMissingColumns=True)
+    out = by_grouping_sets(rows, grouping_sets, F.count("*").alias("numerator"))
     out = out.withColumn("denominator", F.lit(None).cast("double"))
     return _complete(out.withColumn("value", F.col("numerator")), metric_id, period)
 

@@ -62,12 +62,14 @@ def _finish(df: DataFrame, metric_id: str, institutions: DataFrame) -> DataFrame
 
 
 def with_institution_total(per_feed: DataFrame) -> DataFrame:
-    """Per-feed numerators and denominators plus the institution's whole day (feed null)."""
+    """Per-feed numerators and denominators plus the institution's whole day (feed null), in
+    one aggregation."""
     from pyspark.sql import functions as F
 
-    total = (per_feed.groupBy("extract_date", "institution_id")
-             .agg(F.sum("numerator").alias("numerator"), F.sum("denominator").alias("denominator")))
-    return per_feed.unionByName(total, allowMissingColumns=True)
+    day, inst = "extract_date", "institution_id"
+    return (per_feed.groupingSets([(day, inst, "feed"), (day, inst)], day, inst, "feed")
+            .agg(F.sum("numerator").alias("numerator"),
+                 F.sum("denominator").alias("denominator")))
 
 
 # -- the metrics: pure transforms of DataFrames ---------------------------------------------------
