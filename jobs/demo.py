@@ -127,8 +127,9 @@ def headline_metrics(spark, settings: Settings, year: int) -> dict:
     for r in sorted(rows, key=lambda r: HEADLINE.index(r["metric_id"])):
         m = catalogue.metric(r["metric_id"])
         value = "n/a" if r["value"] is None else f"{r['value']:.2f}{units.get(m.unit, '')}"
-        out[f"{m.name_en} ({m.name_zh})"] = (f"{value} ({r['numerator']:.0f} / "
-                                             f"{r['denominator']:.0f})")
+        if not m.standardisation:  # a standardised rate's terms are weights, not counts
+            value += f" ({r['numerator']:.0f} / {r['denominator']:.0f})"
+        out[f"{m.name_en} ({m.name_zh})"] = value
     return out
 
 
@@ -146,7 +147,7 @@ def dq_summary(spark, settings: Settings) -> dict:
             for m in METRIC_IDS if m in rows and rows[m]["value"] is not None}
 
 
-def index_table(spark, settings: Settings, year: int) -> list[str]:
+def index_table(spark, settings: Settings, year: int) -> dict[str, str]:
     """The city and district rows of the index, one line each."""
     from jobs.lake import read_table
 
@@ -156,7 +157,7 @@ def index_table(spark, settings: Settings, year: int) -> list[str]:
     def fmt(v, spec=".1f"):
         return "-" if v is None or v != v else format(v, spec)
 
-    lines = []
+    lines = {}
     for (level, code, name), g in scores.groupby(["area_level", "area_code", "area_name"],
                                                  sort=False):
         s = g.set_index("index_name")
@@ -164,6 +165,6 @@ def index_table(spark, settings: Settings, year: int) -> list[str]:
         subs = " / ".join(fmt(s.loc[n, "score"]) for n in ("governance", "construction",
                                                           "application"))
         rank = "" if level == "city" else f", rank {total['rank']} of {total['n_areas']}"
-        lines.append(f"{name} ({code}): {fmt(total['score'])} ({subs}){rank}, change "
-                     f"{fmt(total['change'], '+.1f')}")
+        lines[f"{name} ({code})"] = (f"{fmt(total['score'])} ({subs}){rank}, change "
+                                     f"{fmt(total['change'], '+.1f')}")
     return lines
