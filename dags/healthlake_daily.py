@@ -36,7 +36,6 @@ Configuration: `conf/base/orchestration.yaml` (cut-off, retries, pool), `conf/ba
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, task
 
 from jobs.config import load
@@ -44,10 +43,10 @@ from jobs.landing_sensor import ManifestsSensor
 from jobs.orchestration import (
     GOLD_ASSET_NAME,
     GOLD_ASSET_URI,
+    dag_arguments,
     daily_job_command,
     extract_date_of,
     orchestration_settings,
-    task_defaults,
 )
 
 # Parse time reads the configuration files only (no lake, no Spark, no Airflow Variables).
@@ -59,13 +58,7 @@ GOLD = Asset(name=GOLD_ASSET_NAME, uri=GOLD_ASSET_URI)
 with DAG(
     dag_id="healthlake_daily",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone=TZ),
-    start_date=pendulum.datetime(ORCH.first_extract_date.year, ORCH.first_extract_date.month,
-                                 ORCH.first_extract_date.day, tz=TZ),
-    catchup=False,
-    max_active_runs=1,
-    default_args=task_defaults(ORCH),
-    doc_md=__doc__,
-    tags=["healthlake", "daily"],
+    **dag_arguments(ORCH, TZ, __doc__, ["daily"]),
 ) as dag:
     wait_for_manifests = ManifestsSensor(
         task_id="wait_for_manifests",

@@ -13,16 +13,15 @@ Delta pool's one slot. Exports are not part of the pipeline yet.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, Asset, AssetOrTimeSchedule, CronTriggerTimetable, task
 
 from jobs.config import load
 from jobs.orchestration import (
     GOLD_ASSET_NAME,
     GOLD_ASSET_URI,
+    dag_arguments,
     index_report_command,
     orchestration_settings,
-    task_defaults,
 )
 
 SETTINGS = load()
@@ -34,13 +33,7 @@ with DAG(
     dag_id="healthlake_index_report",
     schedule=AssetOrTimeSchedule(
         timetable=CronTriggerTimetable("0 3 1 * *", timezone=TZ), assets=GOLD),
-    start_date=pendulum.datetime(ORCH.first_extract_date.year, ORCH.first_extract_date.month,
-                                 ORCH.first_extract_date.day, tz=TZ),
-    catchup=False,
-    max_active_runs=1,
-    default_args=task_defaults(ORCH),
-    doc_md=__doc__,
-    tags=["healthlake", "report"],
+    **dag_arguments(ORCH, TZ, __doc__, ["report"]),
 ) as dag:
 
     @task.bash(pool=ORCH.delta_pool)

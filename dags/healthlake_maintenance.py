@@ -11,11 +11,10 @@ takes the Delta pool's one slot, so it never runs beside a daily task's writes.
 
 from __future__ import annotations
 
-import pendulum
 from airflow.sdk import DAG, CronTriggerTimetable, task
 
 from jobs.config import load
-from jobs.orchestration import orchestration_settings, spark_submit_command, task_defaults
+from jobs.orchestration import dag_arguments, orchestration_settings, spark_submit_command
 
 SETTINGS = load()
 ORCH = orchestration_settings(SETTINGS)
@@ -24,13 +23,7 @@ TZ = SETTINGS.timezone
 with DAG(
     dag_id="healthlake_maintenance",
     schedule=CronTriggerTimetable("0 3 * * 0", timezone=TZ),
-    start_date=pendulum.datetime(ORCH.first_extract_date.year, ORCH.first_extract_date.month,
-                                 ORCH.first_extract_date.day, tz=TZ),
-    catchup=False,
-    max_active_runs=1,
-    default_args=task_defaults(ORCH),
-    doc_md=__doc__,
-    tags=["healthlake", "maintenance"],
+    **dag_arguments(ORCH, TZ, __doc__, ["maintenance"]),
 ) as dag:
 
     @task.bash(pool=ORCH.delta_pool)

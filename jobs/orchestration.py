@@ -98,6 +98,18 @@ def task_defaults(orch: OrchestrationSettings) -> dict:
     }
 
 
+def dag_arguments(orch: OrchestrationSettings, timezone: str, doc_md: str | None,
+                  tags: list[str]) -> dict:
+    """What every healthlake DAG shares: start (the first extract date, local midnight), no
+    catch-up, one run at a time, the task defaults, its docs and tags."""
+    import pendulum
+
+    first = orch.first_extract_date
+    return {"start_date": pendulum.datetime(first.year, first.month, first.day, tz=timezone),
+            "catchup": False, "max_active_runs": 1, "default_args": task_defaults(orch),
+            "doc_md": doc_md, "tags": ["healthlake", *tags]}
+
+
 # -- dates --------------------------------------------------------------------------------
 
 
