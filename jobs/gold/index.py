@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-CITY_CODE = "440400"  # the city's own rows: conf city.code (Zhuhai's GB/T 2260 code)
+CITY_CODE = "440400"  # default code of the city's rows; jobs pass conf city.code
 LEVELS = ("city", "district", "institution")
 SUB_INDICES = ("governance", "construction", "application")
 OTHER_GRAINS = ["town_code", "to_tier", "channel", "condition", "icd10_category", "age_band",
@@ -220,7 +220,7 @@ def score(indicators: pd.DataFrame, spec: IndexSpec, previous: pd.DataFrame | No
 
 
 def metric_values(metric_value: DataFrame, scorecard: DataFrame | None, metric_ids: list[str],
-                  year: int) -> pd.DataFrame:
+                  year: int, city_code: str = CITY_CODE) -> pd.DataFrame:
     """The yearly value of each metric for the city, each district and each institution:
     gold.metric_value rows without other grains, and the data-quality scorecard rolled up."""
     from pyspark.sql import functions as F
@@ -233,7 +233,7 @@ def metric_values(metric_value: DataFrame, scorecard: DataFrame | None, metric_i
     inst = F.col("institution_id").isNotNull()
     district = F.col("district_code").isNotNull() & ~inst & F.col("tier").isNull()
     city = F.col("district_code").isNull() & ~inst & F.col("tier").isNull()
-    for level, cond, code in (("city", city, F.lit(CITY_CODE)),
+    for level, cond, code in (("city", city, F.lit(city_code)),
                               ("district", district, F.col("district_code")),
                               ("institution", inst, F.col("institution_id"))):
         frames.append(mv.where(cond).select("metric_id", F.lit(level).alias("area_level"),
@@ -241,7 +241,7 @@ def metric_values(metric_value: DataFrame, scorecard: DataFrame | None, metric_i
     if scorecard is not None:
         sc = scorecard.where((F.year("extract_date") == year)
                              & F.col("metric_id").isin(*metric_ids))
-        for level, by, code in (("city", [], F.lit(CITY_CODE)),
+        for level, by, code in (("city", [], F.lit(city_code)),
                                 ("district", ["district_code"], F.col("district_code")),
                                 ("institution", ["institution_id"], F.col("institution_id"))):
             frames.append(rollup(sc, ["metric_id", *by]).select(
@@ -253,8 +253,8 @@ def metric_values(metric_value: DataFrame, scorecard: DataFrame | None, metric_i
     return out.toPandas()
 
 
-def survey_values(surveys: DataFrame, institutions: DataFrame, spec: IndexSpec, year: int
-                  ) -> pd.DataFrame:
+def survey_values(surveys: DataFrame, institutions: DataFrame, spec: IndexSpec, year: int,
+                  city_code: str = CITY_CODE) -> pd.DataFrame:
     """Survey indicators: each institution's latest answer of the year, aggregated over the
     city, each district (where the institution is) and each institution."""
     from pyspark.sql import Window
@@ -276,7 +276,7 @@ def survey_values(surveys: DataFrame, institutions: DataFrame, spec: IndexSpec, 
                             _staff=rows["n_staff"].astype(float))
         for level, by in (("city", None), ("district", "district_code"),
                           ("institution", "institution_id")):
-            groups = [(CITY_CODE, frame)] if by is None else list(frame.groupby(by))
+            groups = [(city_code, frame)] if by is None else list(frame.groupby(by))
             for code, g in groups:
                 if ind.aggregate == "mean":
                     value = g["_v"].mean()
@@ -301,22 +301,23 @@ def raw_values(spark: SparkSession, settings: Settings, spec: IndexSpec, year: i
     if institutions is None or table("gold.metric_value") is None:
         raise FileNotFoundError("the index needs silver.institution and gold.metric_value: run "
                                 "`healthlake curate` and `healthlake gold` first")
+    city_code = str(settings.city.get("code", CITY_CODE))
     by_metric = {i.metric: iid for iid, i in spec.indicators.items() if i.metric}
     mv = metric_values(table("gold.metric_value"), table("gold.dq_scorecard"),
-                       sorted(by_metric), year)
+                       sorted(by_metric), year, city_code)
     parts = [mv.assign(indicator_id=mv["metric_id"].map(by_metric))
              .rename(columns={"value": "raw_value"})
              [["indicator_id", "area_level", "area_code", "raw_value"]]]
     surveys = table("silver.institution_survey")
     if surveys is not None:
-        parts.append(survey_values(surveys, institutions, spec, year))
+        parts.append(survey_values(surveys, institutions, spec, year, city_code))
     raw = pd.concat(parts, ignore_index=True)
     # An area without a metric row still exists: give every area every indicator (null value).
     inst = institutions.select("institution_id", "institution_name", "district_code").toPandas()
     pop = pd.read_csv(settings.reference_root / "population.csv", dtype=str)
     names = pop[["district_code", "district_name"]].drop_duplicates()
     areas = pd.concat([
-        pd.DataFrame({"area_level": ["city"], "area_code": [CITY_CODE],
+        pd.DataFrame({"area_level": ["city"], "area_code": [city_code],
                       "area_name": [settings.city.get("name", "city")]}),
         pd.DataFrame({"area_level": "district", "area_code": names["district_code"],
                       "area_name": names["district_name"]}),
