@@ -10,7 +10,7 @@ JARS := .cache/jars/.resolved
 SECRET := .secrets/hmac_key
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test lint jars generate check clean-data clean
+.PHONY: setup demo test lint jars generate check airflow airflow-stop clean-data clean
 
 setup: $(INSTALLED) $(JARS)
 
@@ -47,6 +47,14 @@ generate: $(INSTALLED)
 
 check: setup
 	$(BIN)/healthlake check
+
+# A local Airflow on loopback (SQLite; API server and UI, scheduler, DAG processor, triggerer)
+# running dags/; prints the UI's address and login. Stop it with `make airflow-stop`.
+airflow: setup $(SECRET)
+	$(BIN)/healthlake airflow start
+
+airflow-stop: $(INSTALLED)
+	$(BIN)/healthlake airflow stop
 
 clean-data:
 	rm -rf data

@@ -20,9 +20,20 @@ def machine() -> str:
 
 
 def peak_rss_gib(children: bool = False) -> float:
-    """Peak resident memory of this process (or of its finished children: the Spark JVM)."""
-    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
-    return resource.getrusage(who).ru_maxrss / 2**20
+    """Peak resident memory of this process, or of its children (the Spark JVM): finished ones
+    from rusage, live ones from their high-water mark in /proc."""
+    if not children:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    for tasks in Path("/proc/self/task").glob("*/children"):
+        for pid in tasks.read_text().split():
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            hwm = re.search(r"^VmHWM:\s+(\d+) kB", status, re.M)
+            peak_kib = max(peak_kib, int(hwm.group(1)) if hwm else 0)
+    return peak_kib / 2**20
 
 
 def update_doc(section: str, body: str, doc: Path = DOC) -> None:

@@ -133,6 +133,22 @@ def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> dict:
     return maintenance.run(spark, settings, hours)
 
 
+def cmd_airflow(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.airflow_local import LocalAirflow
+
+    local = LocalAirflow.from_settings(settings)
+    if args.action == "start":
+        local.start()
+        status = local.status()
+        print(f"Airflow is up: open {status['ui']} and log in as {status['login']}.\n"
+              f"DAGs start paused; logs and state in {local.home}; stop with "
+              "`healthlake airflow stop` (make airflow-stop).")
+        return status
+    if args.action == "stop":
+        return {"stopped": local.stop(), "home": str(local.home)}
+    return local.status()
+
+
 def cmd_er_eval(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.silver import evaluate
     from jobs.spark import get_spark
@@ -198,6 +214,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
                        "--year)"),
     "maintenance": (cmd_maintenance, "OPTIMIZE (Z-ORDER where configured) and VACUUM every "
                                      "catalogued Delta table (retention at least 168 h)"),
+    "airflow": (cmd_airflow, "start, stop or show a local Airflow (loopback, SQLite) running "
+                             "the DAGs of dags/"),
     "er-eval": (cmd_er_eval, "score entity resolution against the generator's ground truth"),
     "match": (cmd_match, "deduplicate any table with a match specification (Splink)"),
     "quarantine": (cmd_quarantine, "list what was rejected and why, by day, institution, rule"),
@@ -234,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "maintenance":
             p.add_argument("--retention-hours", type=int,
                            help="VACUUM retention, at least 168 (default: conf)")
+        if name == "airflow":
+            p.add_argument("action", choices=["start", "stop", "status"])
         if name == "match":
             p.add_argument("--config", required=True, help="match specification (YAML)")
             p.add_argument("--input", required=True, help="Delta table, Parquet or CSV")

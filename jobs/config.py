@@ -222,8 +222,12 @@ def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
         if parts[0] not in sections:
             continue  # e.g. HEALTHLAKE_HMAC_KEY, HEALTHLAKE_CONF_DIR: not configuration keys
         node = out
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(
+                    f"environment variable {name} sets a key under "
+                    f"{'.'.join(parts[:i + 1])}, which another variable sets whole: use one")
         node[parts[-1]] = _EnvValue(name, yaml.safe_load(raw) if raw != "" else "")
     return out
 
@@ -240,6 +244,12 @@ def _merge(into: dict[str, Any], new: dict[str, Any], origins: dict[str, str], s
         if not isinstance(key, str):
             where = prefix or "the top level"
             raise ConfigError(f"{source}: key {key!r} under {where} is not text")
+        if key not in into:
+            # Environment variable names are upper case: HEALTHLAKE_SPARK__CONF__SPARK.
+            # DATABRICKS.DELTA.SNAPSHOTPARTITIONS sets the existing spark.databricks.delta.
+            # snapshotPartitions. (A new case-sensitive key goes in as a mapping:
+            # HEALTHLAKE_SPARK__CONF='{spark.driver.extraJavaOptions: ...}'.)
+            key = next((k for k in into if isinstance(k, str) and k.lower() == key.lower()), key)
         dotted = f"{prefix}{key}"
         src = source
         if isinstance(value, _EnvValue):

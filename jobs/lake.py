@@ -43,3 +43,32 @@ def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "ap
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
     writer.save(str(settings.table_path(name)))
+
+
+# Columns that say when or by which run a row was written, not what it holds.
+RUN_COLUMNS = ("run_id", "read_ms")
+
+
+def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...] = RUN_COLUMNS
+                ) -> dict[str, tuple[int, int]]:
+    """Every written table of the catalogue -> (rows, order-independent hash of its rows), run
+    columns left out: two lakes (or one lake before and after a re-run) with the same
+    fingerprint hold the same rows."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import MapType
+
+    def hashable(field):
+        col = F.col(f"`{field.name}`")  # Spark hashes no maps: their sorted entries instead
+        return (F.to_json(F.array_sort(F.map_entries(col)))
+                if isinstance(field.dataType, MapType) else col)
+
+    out = {}
+    for name in sorted(settings.tables):
+        if not table_exists(spark, settings, name):
+            continue
+        df = read_table(spark, settings, name)
+        cols = [hashable(f) for f in df.schema.fields if f.name not in ignore]
+        row = df.agg(F.count(F.lit(1)).alias("n"),
+                     F.sum(F.xxhash64(*cols).cast("decimal(38,0)")).alias("h")).first()
+        out[name] = (row["n"], int(row["h"] or 0))
+    return out

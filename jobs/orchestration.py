@@ -36,6 +36,16 @@ _LOCAL_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
 @dataclass(frozen=True)
+class LocalAirflowSettings:
+    """``orchestration.local_airflow``: where `make airflow` keeps its state and listens."""
+
+    home: str = ".cache/airflow"
+    host: str = "127.0.0.1"
+    port: int = 28080
+    user: str = "admin"
+
+
+@dataclass(frozen=True)
 class OrchestrationSettings:
     """The ``orchestration`` section: waiting, retries, the Delta pool, maintenance."""
 
@@ -49,6 +59,7 @@ class OrchestrationSettings:
     delta_pool: str = "healthlake_delta"
     vacuum_retention_hours: int = MIN_VACUUM_RETENTION_HOURS
     maintenance_zorder_by: dict[str, list[str]] = field(default_factory=dict)
+    local_airflow: LocalAirflowSettings = field(default_factory=lambda: LocalAirflowSettings())
 
     @property
     def first_extract_date(self) -> dt.date:
@@ -85,6 +96,8 @@ def orchestration_settings(settings: Settings) -> OrchestrationSettings:
         key = f"orchestration.maintenance_zorder_by.{table}"
         require(table in settings.tables, key, o, "not a table of the catalogue")
         require(bool(columns), key, o, "name at least one column")
+    require(0 < orch.local_airflow.port < 65536, "orchestration.local_airflow.port", o,
+            "expected a TCP port")
     return orch
 
 
@@ -199,11 +212,29 @@ def spark_submit_argv(settings: Settings, cli_args: list[str],
     return [*argv, str(entrypoint()), *cli_args]
 
 
+def spark_home() -> str:
+    """The Spark installation spark-submit needs: this interpreter's pyspark package (found
+    without importing it). Set explicitly, so a task does not depend on which ``python3``
+    comes first on the worker's PATH."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pyspark")
+    if spec is None or spec.origin is None:
+        raise RuntimeError(f"pyspark is not installed for {sys.executable}")
+    return str(Path(spec.origin).parent)
+
+
+def spark_submit_shell(settings: Settings, cli_args: list[str]) -> str:
+    """The shell line of a task: ``SPARK_HOME=... spark-submit ... healthlake <cli_args>``."""
+    argv = spark_submit_argv(settings, [str(a) for a in cli_args])
+    return f"SPARK_HOME={shlex.quote(spark_home())} {shlex.join(argv)}"
+
+
 def spark_submit_command(cli_args: list[str]) -> str:
     """The shell command of an Airflow task: load the configuration now, at run time."""
     from jobs.config import load
 
-    return shlex.join(spark_submit_argv(load(), [str(a) for a in cli_args]))
+    return spark_submit_shell(load(), cli_args)
 
 
 def daily_job_command(command: str, logical_date: dt.datetime | None) -> str:
@@ -212,7 +243,7 @@ def daily_job_command(command: str, logical_date: dt.datetime | None) -> str:
 
     settings = load()
     day = extract_date_of(logical_date, settings.timezone)
-    return shlex.join(spark_submit_argv(settings, [command, "--date", day.isoformat()]))
+    return spark_submit_shell(settings, [command, "--date", day.isoformat()])
 
 
 def index_report_command(event_extract_dates: list[str],
@@ -226,6 +257,5 @@ def index_report_command(event_extract_dates: list[str],
     for day in report_extract_dates(event_extract_dates, logical_date, settings.timezone):
         latest_of_year[day.year] = max(day, latest_of_year.get(day.year, day))
     return " && ".join(
-        shlex.join(spark_submit_argv(settings, ["gold", "--date", day.isoformat(),
-                                                "--year", str(year)]))
+        spark_submit_shell(settings, ["gold", "--date", day.isoformat(), "--year", str(year)])
         for year, day in sorted(latest_of_year.items()))

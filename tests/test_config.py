@@ -43,6 +43,21 @@ def test_local_overrides_base_and_environment_overrides_local(conf_dir):
     assert settings.spark.conf["spark.sql.session.timeZone"] == "Asia/Shanghai"
 
 
+def test_environment_sets_case_sensitive_spark_keys(conf_dir):
+    """Variable names are upper case; Spark's keys are not: an existing key is matched whatever
+    its case, a new one goes in as a mapping, and two variables for one key are refused."""
+    settings = load(conf_dir, environ={
+        "HEALTHLAKE_SPARK__CONF__SPARK.DATABRICKS.DELTA.SNAPSHOTPARTITIONS": "1"})
+    assert settings.spark.conf["spark.databricks.delta.snapshotPartitions"] == "1"
+    assert "spark.databricks.delta.snapshotpartitions" not in settings.spark.conf
+    settings = load(conf_dir, environ={
+        "HEALTHLAKE_SPARK__CONF": "{spark.driver.extraJavaOptions: -XX:+UseSerialGC}"})
+    assert settings.spark.conf["spark.driver.extraJavaOptions"] == "-XX:+UseSerialGC"
+    with pytest.raises(ConfigError, match="sets whole"):
+        load(conf_dir, environ={"HEALTHLAKE_SPARK__CONF": "{a: 1}",
+                                "HEALTHLAKE_SPARK__CONF__B": "2"})
+
+
 def test_unknown_key_names_the_key_and_the_file(conf_dir):
     write_local(conf_dir, "settings.yaml", "spark:\n  mastr: local[2]\n")
     with pytest.raises(ConfigError) as err:

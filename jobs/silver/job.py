@@ -258,9 +258,9 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     writes, issue_frames, persisted, counts = [], [], [], {}
     for feed, contract in sorted(contracts.feeds.items()):
         bronze_name, target = f"bronze.{feed}", f"silver_std.{feed}"
+        # A feed nobody has sent yet still gets its (empty) typed table, so curate and gold
+        # find every table from the first day on.
         has_bronze = table_exists(spark, settings, bronze_name)
-        if not has_bronze and not table_exists(spark, settings, target):
-            continue  # never ingested, nothing to replace
         bronze = (read_table(spark, settings, bronze_name).where(where) if has_bronze
                   else empty_bronze(spark, contract))
         std = standardise_feed(bronze, contract, ctx).persist(StorageLevel.MEMORY_AND_DISK)
