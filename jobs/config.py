@@ -223,7 +223,12 @@ def _from_environment(environ: dict[str, str]) -> dict[str, Any]:
             continue  # e.g. HEALTHLAKE_HMAC_KEY, HEALTHLAKE_CONF_DIR: not configuration keys
         node = out
         for i, part in enumerate(parts[:-1]):
-            node = node.setdefault(part, {})
+            child = node.setdefault(part, {})
+            if isinstance(child, _EnvValue) and isinstance(child.value, dict):
+                # HEALTHLAKE_SPARK__CONF='{...}' and HEALTHLAKE_SPARK__CONF__X=...: both apply.
+                child = node[part] = {k: _EnvValue(child.variable, v)
+                                      for k, v in child.value.items()}
+            node = child
             if not isinstance(node, dict):
                 raise ConfigError(
                     f"environment variable {name} sets a key under "

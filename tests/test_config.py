@@ -45,7 +45,8 @@ def test_local_overrides_base_and_environment_overrides_local(conf_dir):
 
 def test_environment_sets_case_sensitive_spark_keys(conf_dir):
     """Variable names are upper case; Spark's keys are not: an existing key is matched whatever
-    its case, a new one goes in as a mapping, and two variables for one key are refused."""
+    its case, a new one goes in as a mapping (with per-key variables beside it), and a key set
+    both as a value and as a mapping is refused."""
     settings = load(conf_dir, environ={
         "HEALTHLAKE_SPARK__CONF__SPARK.DATABRICKS.DELTA.SNAPSHOTPARTITIONS": "1"})
     assert settings.spark.conf["spark.databricks.delta.snapshotPartitions"] == "1"
@@ -53,9 +54,14 @@ def test_environment_sets_case_sensitive_spark_keys(conf_dir):
     settings = load(conf_dir, environ={
         "HEALTHLAKE_SPARK__CONF": "{spark.driver.extraJavaOptions: -XX:+UseSerialGC}"})
     assert settings.spark.conf["spark.driver.extraJavaOptions"] == "-XX:+UseSerialGC"
+    settings = load(conf_dir, environ={
+        "HEALTHLAKE_SPARK__CONF": "{spark.driver.extraJavaOptions: -XX:+UseSerialGC}",
+        "HEALTHLAKE_SPARK__CONF__SPARK.SQL.SHUFFLE.PARTITIONS": "2"})
+    assert settings.spark.conf["spark.driver.extraJavaOptions"] == "-XX:+UseSerialGC"
+    assert settings.spark.conf["spark.sql.shuffle.partitions"] == "2"
     with pytest.raises(ConfigError, match="sets whole"):
-        load(conf_dir, environ={"HEALTHLAKE_SPARK__CONF": "{a: 1}",
-                                "HEALTHLAKE_SPARK__CONF__B": "2"})
+        load(conf_dir, environ={"HEALTHLAKE_SPARK__MASTER": "local[2]",
+                                "HEALTHLAKE_SPARK__MASTER__X": "2"})
 
 
 def test_unknown_key_names_the_key_and_the_file(conf_dir):
