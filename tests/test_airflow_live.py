@@ -66,15 +66,16 @@ def city(tmp_path_factory):
     for part in ("landing", "reference", "late"):
         if (dag_root / part).exists():
             shutil.copytree(dag_root / part, cli_root / part)
-    env = settings_env(dag_root, **TINY_SPARK)
+    # Airflow's state beside the lakes, on a free port (never the checkout's .cache/airflow).
+    local = {"HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__HOME": str(root / "airflow"),
+             "HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__PORT": str(free_port())}
+    env = settings_env(dag_root, **TINY_SPARK, **local)
     env.update({"AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
                 "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parent.parent
                                                   / "dags"),
                 # Only the runs the test triggers: no scheduled run for yesterday.
-                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False",
-                "HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__HOME": str(root / "airflow"),
-                "HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__PORT": str(free_port())})
-    return {"env": env, "dag": make_settings(dag_root, **TINY_SPARK),
+                "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
+    return {"env": env, "dag": make_settings(dag_root, **TINY_SPARK, **local),
             "cli": make_settings(cli_root, **TINY_SPARK)}
 
 
@@ -118,6 +119,7 @@ def test_a_real_scheduler_runs_two_days_from_the_rest_api_and_reruns_change_noth
 
     lake = city["dag"]
     local = LocalAirflow.from_settings(lake)
+    assert local.home == Path(city["env"]["AIRFLOW_HOME"])  # the DB dag.test ran day 1 in
     api = local.start(env=city["env"])
     try:
         api.unpause("healthlake_daily")
