@@ -37,7 +37,7 @@ demo: setup $(SECRET)
 	$(BIN)/healthlake demo
 
 test: setup
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
