@@ -92,6 +92,16 @@ class LocalAirflow:
         subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], env=env,
                        check=True, stdout=subprocess.DEVNULL)
 
+    def prepare(self, env: dict[str, str] | None = None) -> dict[str, str]:
+        """Migrate the metadata database and create the Delta pool; the environment to run
+        Airflow (``start``, or ``dag.test()`` in a subprocess) with."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = self.env(env)
+        self._airflow("db", "migrate", env=env)
+        self._airflow("pools", "set", self.delta_pool, "1",
+                      "healthlake: one Delta writer at a time", env=env)
+        return env
+
     def running_pid(self) -> int | None:
         try:
             pid = int(self.pid_file.read_text())
@@ -106,11 +116,7 @@ class LocalAirflow:
         if self.running_pid():
             raise RuntimeError(f"Airflow already runs from {self.home} (pid "
                                f"{self.running_pid()}): `healthlake airflow stop` first")
-        self.home.mkdir(parents=True, exist_ok=True)
-        env = self.env(env)
-        self._airflow("db", "migrate", env=env)
-        self._airflow("pools", "set", self.delta_pool, "1",
-                      "healthlake: one Delta writer at a time", env=env)
+        env = self.prepare(env)
         with open(self.log_file, "ab") as log:
             proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
                                     env=env, stdout=log, stderr=subprocess.STDOUT,

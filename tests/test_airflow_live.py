@@ -70,9 +70,7 @@ def city(tmp_path_factory):
     local = {"HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__HOME": str(root / "airflow"),
              "HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__PORT": str(free_port())}
     env = settings_env(dag_root, **TINY_SPARK, **local)
-    env.update({"AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-                "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parent.parent
-                                                  / "dags"),
+    env.update({"AIRFLOW_HOME": str(root / "airflow"),
                 # Only the runs the test triggers: no scheduled run for yesterday.
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
     return {"env": env, "dag": make_settings(dag_root, **TINY_SPARK, **local),
@@ -80,18 +78,15 @@ def city(tmp_path_factory):
 
 
 def test_dag_test_runs_a_day_end_to_end_and_leaves_the_tables_the_cli_leaves(city, spark):
+    from jobs.airflow_local import LocalAirflow
     from jobs.gold import job as gold
     from jobs.ingest import job as ingest
     from jobs.lake import fingerprint
     from jobs.silver import curate, resolve
     from jobs.silver import job as standardise
 
-    airflow = [str(Path(sys.executable).parent / "airflow")]
-    subprocess.run([*airflow, "db", "migrate"], env=city["env"], check=True,
-                   stdout=subprocess.DEVNULL)
-    subprocess.run([*airflow, "pools", "set", "healthlake_delta", "1", "Delta writers"],
-                   env=city["env"], check=True, stdout=subprocess.DEVNULL)
-    done = subprocess.run([sys.executable, "-c", DAG_TEST, logical_date(D1)], env=city["env"],
+    env = LocalAirflow.from_settings(city["dag"]).prepare(city["env"])
+    done = subprocess.run([sys.executable, "-c", DAG_TEST, logical_date(D1)], env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
