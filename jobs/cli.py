@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobs.config import ConfigError, Settings, load
+from jobs.quality import QualityError
 
 log = logging.getLogger("healthlake")
 
@@ -149,6 +150,19 @@ def cmd_airflow(settings: Settings, args: argparse.Namespace) -> dict:
     return local.status()
 
 
+def cmd_quality(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.quality import job
+    from jobs.quality.spec import load_suites
+    from jobs.spark import get_spark
+
+    days = _days(args)
+    tables = args.table or None
+    load_suites(settings, tables)  # a wrong suite or table fails before Spark starts
+    spark = get_spark(settings, app_name="healthlake-quality")
+    return {d.isoformat(): job.run(spark, settings, d, tables=tables, layers=args.layer)
+            for d in days}
+
+
 def cmd_er_eval(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.silver import evaluate
     from jobs.spark import get_spark
@@ -212,6 +226,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "gold": (cmd_gold, "recompute the data-quality scorecard of a day (or range), then the "
                        "metrics and the informatization index of the years it touched (or "
                        "--year)"),
+    "quality": (cmd_quality, "validate a day's (or range's) tables with their Great Expectations "
+                             "suites (quality/); results in ops.dq_results, Data Docs; exit 1 "
+                             "when a 'fail' expectation fails"),
     "maintenance": (cmd_maintenance, "OPTIMIZE (Z-ORDER where configured) and VACUUM every "
                                      "catalogued Delta table (retention at least 168 h)"),
     "airflow": (cmd_airflow, "start, stop or show a local Airflow (loopback, SQLite) running "
@@ -243,12 +260,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, help="random seed (default: conf)")
         if name == "deliver-late":
             p.add_argument("--date", type=_date, required=True)
-        if name in ("ingest", "standardise", "resolve", "curate", "gold"):
+        if name in ("ingest", "standardise", "resolve", "curate", "gold", "quality"):
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
         if name == "gold":
             p.add_argument("--year", type=int,
                            help="recompute this whole year (the year, its quarters and months)")
+        if name == "quality":
+            p.add_argument("--table", action="append",
+                           help="validate only this table's suite (repeatable)")
+            p.add_argument("--layer", action="append",
+                           choices=["ops", "bronze", "silver_std", "silver", "gold"],
+                           help="validate only the suites of this layer (repeatable)")
         if name == "maintenance":
             p.add_argument("--retention-hours", type=int,
                            help="VACUUM retention, at least 168 (default: conf)")
@@ -278,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"healthlake: configuration error: {exc}", file=sys.stderr)
         return 2
+    except QualityError as exc:
+        print(f"healthlake: {exc}", file=sys.stderr)
+        return 1
     _print(summary, args.json)
     return 0
 

@@ -102,6 +102,9 @@ class Settings:
     index: dict[str, Any] = field(default_factory=dict)
     # Airflow orchestration (conf/base/orchestration.yaml), validated by jobs.orchestration.
     orchestration: dict[str, Any] = field(default_factory=dict)
+    # Data-quality checks (conf/base/quality.yaml; suites in quality/), validated by
+    # jobs.quality.spec.
+    quality: dict[str, Any] = field(default_factory=dict)
     # Exports, report, SQL access (conf/base/publish.yaml), validated by jobs.publish.settings.
     publish: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
