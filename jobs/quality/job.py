@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from jobs.config import Settings
 from jobs.lake import read_table, table_exists, write_table
-from jobs.quality import QualityError, feed_counts
+from jobs.quality import QualityError, docs_assets, feed_counts
 from jobs.quality.spec import Expectation, QualitySettings, Suite, load_suites, quality_settings
 from jobs.timing import Stopwatch
 
@@ -253,6 +253,8 @@ def run(spark: SparkSession, settings: Settings, day: dt.date, tables: list[str]
         watch.lap("record")
     if q.data_docs:
         context.build_data_docs()
+        cache = settings.path(settings.paths.cache_root)
+        docs_assets.make_offline(data_docs_index(settings).parent, cache)
         watch.lap("data_docs")
     failures = [r for r in records if r["institution_id"] is None and not r["success"]]
     result = {
@@ -286,3 +288,4 @@ def _failure_line(suite: str, r: dict) -> str:
 def _ordered(r: dict) -> tuple:
     names = [part.split()[0] for part in RESULTS_SCHEMA.split(", ")]
     return tuple(r.get(n) for n in names)
+
