@@ -4,7 +4,15 @@
 Institutions send each day's extract to `landing/<extract_date>/<institution>/`. Each run takes
 one extract date D through the medallion layers:
 
-`wait_for_manifests` >> `ingest` >> `standardise` >> `resolve` >> `curate` >> `gold`
+`wait_for_manifests` >> `ingest` >> `check_bronze` >> `standardise` >> `resolve` >> `curate`
+>> `check_silver` >> `gold` >> `check_gold`
+
+**Quality gates.** The `check_*` tasks run the Great Expectations suites of the tables just
+written (`quality/<table>.yaml`, thresholds in `conf/base/quality.yaml`): `healthlake quality
+--date D --layer ...`. A failed expectation of severity "fail" fails the task, with the table,
+the expectation and offending keys in its log, so nothing downstream runs on a table that cannot
+be trusted; "warn" failures are logged. Every result is in `ops.dq_results`, the Data Docs under
+the ops zone.
 
 **Which day a run processes.** The timetable has one data interval per local day,
 `[D 00:00, D+1 00:00)` Asia/Shanghai; the run starts at local midnight of D+1, when the
@@ -28,7 +36,8 @@ is safe to clear and re-run, and a backfill (`airflow backfill create --dag-id h
 that writes Delta tables takes the one slot of the pool `orchestration.delta_pool` (create it:
 `airflow pools set healthlake_delta 1 "Delta writers"`), and `max_active_runs=1`, so one task
 writes at a time. Per-run counts (files, rows, quarantined) are in each task's log and in
-`ops.ingest_log`, `quarantine.*` and `gold.dq_scorecard`.
+`ops.ingest_log` (per file), `ops.feed_counts` (per institution and feed, against its recent
+history), `quarantine.*` and `gold.dq_scorecard`.
 
 Configuration: `conf/base/orchestration.yaml` (cut-off, retries, pool), `conf/base/settings.yaml`
 (time zone, Spark master).
@@ -77,6 +86,14 @@ with DAG(
         return daily_job_command("ingest", logical_date)
 
     @task.bash(pool=ORCH.delta_pool)
+    def check_bronze(logical_date=None) -> str:
+        """Recomputes `ops.feed_counts` (files and rows per institution and feed against its
+        recent history), then validates `ops.ingest_log`, `ops.feed_counts` and `bronze.<feed>`
+        with their suites: row-count reconciliation, freshness, distribution, lineage:
+        `healthlake quality --date D --layer ops --layer bronze`."""
+        return daily_job_command("quality", logical_date, "--layer", "ops", "--layer", "bronze")
+
+    @task.bash(pool=ORCH.delta_pool)
     def standardise(logical_date=None) -> str:
         """Types and validates the day's bronze rows into `silver_std.<feed>`, values it cannot
         type into `quarantine.silver`: `healthlake standardise --date D`."""
@@ -95,14 +112,28 @@ with DAG(
         identifiers in clear: `healthlake curate --date D`."""
         return daily_job_command("curate", logical_date)
 
-    @task.bash(pool=ORCH.delta_pool, outlets=[GOLD])
-    def gold(logical_date=None, outlet_events=None) -> str:
+    @task.bash(pool=ORCH.delta_pool)
+    def check_silver(logical_date=None) -> str:
+        """Validates `silver_std.<feed>` and the curated silver tables with their suites: keys
+        unique, accepted values, ranges, every row's person and institution known:
+        `healthlake quality --date D --layer silver_std --layer silver`."""
+        return daily_job_command("quality", logical_date, "--layer", "silver_std", "--layer",
+                                 "silver")
+
+    @task.bash(pool=ORCH.delta_pool)
+    def gold(logical_date=None) -> str:
         """Recomputes the day's data-quality scorecard, then the metrics and the index of the
-        periods the day touched: `healthlake gold --date D`. On success it updates the asset
-        `healthlake_gold` (its event carries the extract date), which schedules
-        `healthlake_index_report`."""
-        day = extract_date_of(logical_date, TZ)
-        outlet_events[GOLD].extra = {"extract_date": day.isoformat()}
+        periods the day touched: `healthlake gold --date D`."""
         return daily_job_command("gold", logical_date)
 
-    wait_for_manifests >> ingest() >> standardise() >> resolve() >> curate() >> gold()
+    @task.bash(pool=ORCH.delta_pool, outlets=[GOLD])
+    def check_gold(logical_date=None, outlet_events=None) -> str:
+        """Validates the gold tables with their suites: `healthlake quality --date D --layer
+        gold`. On success it updates the asset `healthlake_gold` (its event carries the extract
+        date), which schedules `healthlake_index_report`: reports read validated gold only."""
+        day = extract_date_of(logical_date, TZ)
+        outlet_events[GOLD].extra = {"extract_date": day.isoformat()}
+        return daily_job_command("quality", logical_date, "--layer", "gold")
+
+    (wait_for_manifests >> ingest() >> check_bronze() >> standardise() >> resolve() >> curate()
+     >> check_silver() >> gold() >> check_gold())

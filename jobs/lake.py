@@ -46,7 +46,7 @@ def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "ap
 
 
 # Columns that say when or by which run a row was written, not what it holds.
-RUN_COLUMNS = ("run_id", "read_ms")
+RUN_COLUMNS = ("run_id", "read_ms", "validated_at", "seconds")
 
 
 def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...] = RUN_COLUMNS

@@ -237,13 +237,13 @@ def spark_submit_command(cli_args: list[str]) -> str:
     return spark_submit_shell(load(), cli_args)
 
 
-def daily_job_command(command: str, logical_date: dt.datetime | None) -> str:
-    """``healthlake <command> --date <extract date of the run>`` through spark-submit."""
+def daily_job_command(command: str, logical_date: dt.datetime | None, *args: str) -> str:
+    """``healthlake <command> --date <extract date of the run> [args]`` through spark-submit."""
     from jobs.config import load
 
     settings = load()
     day = extract_date_of(logical_date, settings.timezone)
-    return spark_submit_shell(settings, [command, "--date", day.isoformat()])
+    return spark_submit_shell(settings, [command, "--date", day.isoformat(), *args])
 
 
 def index_report_command(event_extract_dates: list[str],

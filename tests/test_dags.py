@@ -34,16 +34,20 @@ EXPECTED = {
     "healthlake_daily": {
         "wait_for_manifests": [],
         "ingest": ["wait_for_manifests"],
-        "standardise": ["ingest"],
+        "check_bronze": ["ingest"],
+        "standardise": ["check_bronze"],
         "resolve": ["standardise"],
         "curate": ["resolve"],
-        "gold": ["curate"],
+        "check_silver": ["curate"],
+        "gold": ["check_silver"],
+        "check_gold": ["gold"],
     },
     "healthlake_index_report": {"refresh_year": []},
     "healthlake_maintenance": {"optimize_and_vacuum": []},
 }
 # Tasks that write Delta tables: each takes the one slot of the Delta pool.
-WRITERS = {"ingest", "standardise", "resolve", "curate", "gold", "refresh_year",
+WRITERS = {"ingest", "check_bronze", "standardise", "resolve", "curate", "check_silver", "gold",
+           "check_gold", "refresh_year",
            "optimize_and_vacuum"}
 
 
@@ -97,9 +101,9 @@ def test_daily_dag_waits_deferred_and_gold_emits_the_asset(dagbag):
 
     dag = dagbag.dags["healthlake_daily"]
     assert isinstance(dag.get_task("wait_for_manifests"), ManifestsSensor)
-    assert [a.name for a in dag.get_task("gold").outlets] == ["healthlake_gold"]
+    assert [a.name for a in dag.get_task("check_gold").outlets] == ["healthlake_gold"]
     report = dagbag.dags["healthlake_index_report"]  # on that asset, or monthly
-    assert report.timetable.asset_condition == dag.get_task("gold").outlets[0]
+    assert report.timetable.asset_condition == dag.get_task("check_gold").outlets[0]
     assert report.timetable.timetable.expression == "0 3 1 * *"
 
 
