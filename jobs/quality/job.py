@@ -80,15 +80,26 @@ def suite_batch(spark: SparkSession, settings: Settings, suite: Suite, day: dt.d
 # -- Great Expectations --------------------------------------------------------------------
 
 
-def gx_context(settings: Settings):
-    """The file Data Context under the ops zone (suites, results and Data Docs live there)."""
+def gx_context(settings: Settings, q: QualitySettings | None = None):
+    """The file Data Context under the ops zone (suites, results and Data Docs live there):
+    no progress bars, no usage statistics sent anywhere, Data Docs pages for the most recent
+    results only (every result stays in ops.dq_results and the context's result store)."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
+    q = q or quality_settings(settings)
     root = settings.zone_root("ops") / "great_expectations"
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(root))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    context.variables.analytics_enabled = False
+    sites = context.variables.data_docs_sites
+    sites["local_site"]["show_how_to_buttons"] = False
+    sites["local_site"].setdefault("site_index_builder", {
+        "class_name": "DefaultSiteIndexBuilder"})["validation_results_limit"] = \
+        q.data_docs_recent_results
+    context.variables.data_docs_sites = sites
+    context.variables.save()
     # A dataframe asset holds no data between runs: the source is laid anew each run (a stored
     # one comes back without its context), its assets then added by _checkpoint.
     context.data_sources.add_or_update_spark(name=DATASOURCE)
@@ -219,7 +230,7 @@ def run(spark: SparkSession, settings: Settings, day: dt.date, tables: list[str]
     if any(s.table == feed_counts.TABLE for s in suites):
         feed_counts.run(spark, settings, day, q.feed_counts)
         watch.lap("feed_counts")
-    context = gx_context(settings)
+    context = gx_context(settings, q)
     watch.lap("context")
     run_id = f"quality-{day}-{uuid.uuid4().hex[:8]}"
     validated_at = dt.datetime.now(dt.UTC).replace(tzinfo=None)

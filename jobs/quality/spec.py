@@ -59,6 +59,7 @@ class QualitySettings:
     examples: int = 5
     feed_counts: FeedCountsSettings = field(default_factory=FeedCountsSettings)
     data_docs: bool = True
+    data_docs_recent_results: int = 500
 
 
 @dataclass(frozen=True)
