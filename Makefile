@@ -10,7 +10,8 @@ JARS := .cache/jars/.resolved
 SECRET := .secrets/hmac_key
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup demo test lint jars generate check airflow airflow-stop clean-data clean
+.PHONY: setup demo test lint jars generate check airflow airflow-stop thrift thrift-stop chromium \
+	clean-data clean
 
 setup: $(INSTALLED) $(JARS)
 
@@ -36,8 +37,12 @@ $(SECRET):
 demo: setup $(SECRET)
 	$(BIN)/healthlake demo
 
-test: setup
+test: setup chromium
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+# The report test renders the HTML report in headless Chromium (a CJK font for its screenshot).
+chromium:
+	command -v chromium || (apt-get update && apt-get install -y chromium fonts-wqy-microhei)
 
 lint: $(INSTALLED)
 	$(BIN)/ruff check .
@@ -55,6 +60,14 @@ airflow: setup $(SECRET)
 
 airflow-stop: $(INSTALLED)
 	$(BIN)/healthlake airflow stop
+
+# Spark's Thrift JDBC server on 127.0.0.1:10000 over the tables analysts can query (curated and
+# ops; never the restricted zone): beeline -u jdbc:hive2://127.0.0.1:10000. Stop: make thrift-stop.
+thrift: setup $(SECRET)
+	$(BIN)/healthlake thrift start
+
+thrift-stop: $(INSTALLED)
+	$(BIN)/healthlake thrift stop
 
 clean-data:
 	rm -rf data

@@ -20,12 +20,17 @@ INSTALL_REQUIRES = [
     "pyyaml==6.0.3",
     "pypinyin==0.55.0",
     "splink==5.0.0",
+    "matplotlib==3.11.2",
 ]
 
 DEV_REQUIRES = [
     "pytest==9.2.0",
     "chispa==0.12.0",
     "ruff==0.17.5",
+    # notebooks/ executed by the tests (tests/test_publish.py)
+    "nbformat==5.11.1",
+    "nbclient==0.11.0",
+    "ipykernel==7.4.0",
 ]
 
 setup(

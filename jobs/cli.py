@@ -204,6 +204,65 @@ def cmd_metrics_doc(settings: Settings, args: argparse.Namespace) -> dict:
     return {"written": catalogue.write(settings=settings)}
 
 
+def cmd_export(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.publish import export
+    from jobs.spark import get_spark
+
+    export.parse_period(args.period)  # a wrong period fails before Spark starts
+    spark = get_spark(settings, app_name="healthlake-export")
+    return export.run(spark, settings, args.names, args.period, args.format,
+                      Path(args.out) if args.out else None, args.k)
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.publish import report
+    from jobs.spark import get_spark
+
+    spark = get_spark(settings, app_name="healthlake-report")
+    return report.run(spark, settings, args.year, Path(args.out) if args.out else None, args.k)
+
+
+def cmd_sql(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.publish import sql
+    from jobs.publish.settings import load_publish
+    from jobs.spark import get_spark
+
+    spec = load_publish(settings)
+    try:
+        sql.check_query(args.query, sql.analyst_catalogue(settings, spec))  # before Spark
+        spark = get_spark(settings, app_name="healthlake-sql")
+        limit = spec.sql.max_rows if args.format == "table" else None
+        rows, more = sql.query(spark, settings, args.query, limit)
+    except sql.RefusedQuery as exc:
+        print(f"healthlake sql: refused: {exc}", file=sys.stderr)
+        raise SystemExit(3) from None
+    print(sql.format_result(rows, args.format, more))
+    return {}
+
+
+def cmd_tables(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.publish import sql
+    from jobs.spark import get_spark
+
+    listed = sql.tables(get_spark(settings, app_name="healthlake-tables"), settings)
+    return {t["table"]: {"zone": t["zone"], "rows": t["rows"] if t["rows"] is not None
+                         else "not written yet", "description": t["description"],
+                         "columns": t["columns"] or "-"} for t in listed}
+
+
+def cmd_thrift(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.publish import thrift
+
+    if args.action == "start":
+        status = thrift.start(settings)
+        print(f"Thrift JDBC server up: {status['url']} (beeline -u {status['url']}); stop it "
+              "with `healthlake thrift stop` (make thrift-stop).")
+        return status
+    if args.action == "stop":
+        return thrift.stop(settings)
+    return thrift.status(settings)
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import demo
 
@@ -239,6 +298,16 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "dictionary": (cmd_dictionary, "regenerate docs/data-dictionary.md from schemas/"),
     "metrics-doc": (cmd_metrics_doc,
                     "regenerate docs/metric-catalogue.md from the metric catalogue (conf)"),
+    "export": (cmd_export, "export gold metrics or tables of a period as CSV, XLSX or Parquet, "
+                           "small cells suppressed, with a header (what, when, definitions, "
+                           "rule)"),
+    "report": (cmd_report, "write the year's self-contained HTML report: index, trends, chronic "
+                           "disease, service use, data quality, charts with numbers"),
+    "sql": (cmd_sql, "run a read-only SQL query over the curated tables by name (silver.person, "
+                     "gold.index_score ...); restricted tables are refused"),
+    "tables": (cmd_tables, "list the tables analysts can query: description, columns, rows"),
+    "thrift": (cmd_thrift, "start, stop or show Spark's Thrift JDBC server (loopback) over the "
+                           "tables analysts can query"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 
@@ -282,6 +351,25 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--input", required=True, help="Delta table, Parquet or CSV")
             p.add_argument("--output", required=True, help=".csv, .parquet or a Delta folder")
             p.add_argument("--save-model", help="write the (trained) Splink model here (JSON)")
+        if name == "export":
+            p.add_argument("names", nargs="+", metavar="METRIC_OR_TABLE",
+                           help="a metric id of the catalogue or a gold table (gold.index_score)")
+            p.add_argument("--period", required=True,
+                           help="year 2024, quarter 2024Q2, month 2024-04 or day 2024-04-15")
+            p.add_argument("--format", choices=["csv", "xlsx", "parquet"], default="csv")
+            p.add_argument("--out", help="folder to write to (default: publish.exports_root/"
+                                         "<period>)")
+            p.add_argument("--k", type=int, help="suppression threshold (default: conf, 10)")
+        if name == "report":
+            p.add_argument("--year", type=int, required=True)
+            p.add_argument("--out", help="HTML file (default: publish.reports_root/"
+                                         "healthlake-report-<year>.html)")
+            p.add_argument("--k", type=int, help="suppression threshold (default: conf, 10)")
+        if name == "sql":
+            p.add_argument("query", help='e.g. "SELECT * FROM gold.index_score WHERE year = 2024"')
+            p.add_argument("--format", choices=["table", "csv", "json"], default="table")
+        if name == "thrift":
+            p.add_argument("action", choices=["start", "stop", "status"])
         if name == "quarantine":
             p.add_argument("--date", type=_date, help="first extract date")
             p.add_argument("--until", type=_date, help="last extract date")

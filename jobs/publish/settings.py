@@ -64,6 +64,21 @@ class ThriftSettings:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    title_zh: str = "全民健康信息化与居民健康报告"
+    title_en: str = "Health informatization and population health report"
+    trend_metrics: list[str] = field(default_factory=list)
+    # column -> code -> readable label, in display order
+    value_labels: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def label(self, column: str, code: object) -> str:
+        return self.value_labels.get(column, {}).get(str(code), str(code))
+
+    def order(self, column: str) -> list[str]:
+        return list(self.value_labels.get(column, {}))
+
+
+@dataclass(frozen=True)
 class PublishSettings:
     exports_root: str
     reports_root: str
@@ -71,6 +86,7 @@ class PublishSettings:
     tables: dict[str, PublishedTable]
     sql: SqlSettings = field(default_factory=SqlSettings)
     thrift: ThriftSettings = field(default_factory=ThriftSettings)
+    report: ReportSettings = field(default_factory=ReportSettings)
     # column -> [中文, English]
     columns: dict[str, list[str]] = field(default_factory=dict)
 
@@ -100,6 +116,9 @@ def load_publish(settings: Settings) -> PublishSettings:
     for column, names in spec.columns.items():
         require(len(names) == 2 and all(n.strip() for n in names), f"publish.columns.{column}",
                 o, "give [中文, English]")
+    for metric in spec.report.trend_metrics:
+        require(metric in settings.metrics, "publish.report.trend_metrics", o,
+                f"{metric!r} is not a metric of the catalogue (conf/base/metrics.yaml)")
     require(spec.thrift.host in ("127.0.0.1", "localhost", "::1"), "publish.thrift.host", o,
             "the Thrift server listens on loopback only")
     return spec
