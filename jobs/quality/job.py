@@ -43,6 +43,7 @@ logging.getLogger("great_expectations").setLevel(logging.WARNING)
 
 RESULTS_TABLE = "ops.dq_results"
 DATASOURCE = "healthlake"
+MAX_LISTED = 100_000
 RESULTS_SCHEMA = (
     "run_id string, validated_at timestamp, extract_date date, suite string, table_name string, "
     "expectation_id string, expectation_type string, column_name string, severity string, "
@@ -158,11 +159,14 @@ def validate(context, suite: Suite, batch: DataFrame, q: QualitySettings, run_na
     if failed:
         index_columns = [c for c in (*suite.key, "institution_id") if c in batch.columns]
         index_columns = list(dict.fromkeys(index_columns))
+        # Every offending row's institution (COMPLETE) makes per-institution counts; past
+        # MAX_LISTED rows only the examples are fetched (SUMMARY), not a million keys.
+        listed = max((r["unexpected_count"] or 0) for r in rows if not r["success"])
+        complete = "institution_id" in index_columns and listed <= MAX_LISTED
         detail = batch_definition.get_batch(batch_parameters={"dataframe": batch}).validate(
             gx.ExpectationSuite(name=f"{suite.name}.failed",
                                 expectations=[gx_expectation(e) for e in failed]),
-            result_format={"result_format": "COMPLETE" if "institution_id" in index_columns
-                           else "SUMMARY",
+            result_format={"result_format": "COMPLETE" if complete else "SUMMARY",
                            "unexpected_index_column_names": index_columns,
                            "partial_unexpected_count": q.examples},
             expectation_parameters=dict(q.thresholds))
@@ -246,8 +250,9 @@ def run(spark: SparkSession, settings: Settings, day: dt.date, tables: list[str]
             batch.unpersist()
         watch.lap("validate")
         for r in rows:
-            if r.pop("exception", None) and not r["success"]:
-                r["observed_value"] = r["observed_value"] or "error (see Data Docs)"
+            error = r.pop("exception", None)
+            if error and not r["success"]:
+                r["observed_value"] = r["observed_value"] or f"error: {error[:300]}"
             records.append({"run_id": run_id, "validated_at": validated_at, "extract_date": day,
                             "suite": suite.name, "table_name": suite.table,
                             "seconds": round(seconds, 2), **r})
