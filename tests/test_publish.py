@@ -194,8 +194,16 @@ RESTRICTED_QUERIES = [
 ]
 
 
-def test_sql_queries_curated_tables_by_name_and_refuses_the_restricted_zone(spark, gold_lake):
-    settings = gold_lake
+@pytest.fixture
+def analyst_session(spark):
+    """The session, given back as the other tests expect it (sql switches off SQL on files)."""
+    yield spark
+    spark.conf.set("spark.sql.runSQLOnFiles", "true")
+
+
+def test_sql_queries_curated_tables_by_name_and_refuses_the_restricted_zone(analyst_session,
+                                                                           gold_lake):
+    spark, settings = analyst_session, gold_lake
     rows, more = sql.query(spark, settings, "SELECT area_name, score FROM gold.index_score "
                                             f"WHERE year = {YEAR} AND index_name = 'total' "
                                             "AND area_level = 'district' ORDER BY area_name")
@@ -229,7 +237,6 @@ def test_sql_queries_curated_tables_by_name_and_refuses_the_restricted_zone(spar
     catalogue = sql.analyst_catalogue(settings, load_publish(settings))
     with pytest.raises(sql.RefusedQuery, match="outside the analyst zones"):
         sql.check_files(spark.read.format("delta").load(str(path)).inputFiles(), catalogue)
-    spark.conf.set("spark.sql.runSQLOnFiles", "true")  # leave the session as the others expect
 
 
 def test_the_sql_command_refuses_before_starting_spark(capsys):

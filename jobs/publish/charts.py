@@ -3,7 +3,7 @@ offline and its labels are in the page, so a browser renders them in its own fon
 included) and a test can find them in the DOM. The title goes to the SVG's aria-label; the page
 shows it as the figure's caption.
 
-A missing value (a suppressed cell) is left out of the chart and marked with '*' on the axis.
+A missing value is left out of the chart; a suppressed one is marked with '*' on the axis.
 """
 
 from __future__ import annotations
@@ -57,8 +57,9 @@ def _figure(width: float = 6.4, height: float = 3.4):
 
 
 def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float | None]], title: str,
-              ylabel: str) -> str:
-    """Grouped vertical bars: one group per category, one bar per series."""
+              ylabel: str, suppressed: dict[str, Sequence[bool]] | None = None) -> str:
+    """Grouped vertical bars: one group per category, one bar per series. ``suppressed`` says
+    which missing bars to mark '*' (default: every missing bar)."""
     fig = _figure(6.4, 3.4 if len(categories) <= 6 else 4.0)
     ax = fig.add_subplot()
     from matplotlib.patches import Patch
@@ -73,8 +74,9 @@ def bar_chart(categories: Sequence[str], series: dict[str, Sequence[float | None
         ax.bar([x for x, _ in shown], [v for _, v in shown], width=width * 0.95, color=colour)
         handles.append(Patch(color=colour, label=name))
         top = max([top, *(v for _, v in shown)])
-        for x, v in zip(xs, values, strict=True):
-            if _missing(v):
+        marks = (suppressed or {}).get(name) or [_missing(v) for v in values]
+        for x, v, mark in zip(xs, values, marks, strict=True):
+            if _missing(v) and mark:
                 ax.text(x, 0, SUPPRESSED_MARK, ha="center", va="bottom", color="#555555")
     ax.set_ylim(0, top * 1.1 if top > 0 else 1.0)
     ax.set_xticks(range(len(categories)))

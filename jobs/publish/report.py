@@ -181,7 +181,9 @@ class Builder:
         unit = self.unit(metrics[0])
         svg = charts.bar_chart([label for _, label in categories],
                                {self.short(m): [c.shown for c in cells[m]] for m in metrics},
-                               title, _UNIT_LABEL.get(unit, unit))
+                               title, _UNIT_LABEL.get(unit, unit),
+                               {self.short(m): [bool(c.suppressed) for c in cells[m]]
+                                for m in metrics})
         rows = [(label, [cells[m][i] for m in metrics])
                 for i, (_, label) in enumerate(categories)]
         table = numbers_table([self.name(m) for m in metrics], rows,
@@ -232,7 +234,8 @@ class Builder:
         series = {self.labels.label("index_name", n): [
             _shown(score(code, level(code), n), "score") for code, _ in areas] for n in names}
         title = f"信息化发展指数 Informatization index by district, {self.year}"
-        svg = charts.bar_chart([label for _, label in areas], series, title, "score 0-100")
+        svg = charts.bar_chart([label for _, label in areas], series, title, "score 0-100",
+                               {name: [False] * len(areas) for name in series})
         columns = [self.labels.label("index_name", n) for n in names] + [
             "排名 Rank", "较上年 Change"]
         rows = []
@@ -319,7 +322,10 @@ class Builder:
         svg = charts.bar_chart([label for _, label in cats],
                                {self.labels.label("channel", c): [x.shown for x in cells]
                                 for c, cells in series_cells.items()},
-                               title, _UNIT_LABEL["per_1000"])
+                               title, _UNIT_LABEL["per_1000"],
+                               {self.labels.label("channel", c): [bool(x.suppressed)
+                                                                  for x in cells]
+                                for c, cells in series_cells.items()})
         rows = [(label, [series_cells[c][i] for c in channels])
                 for i, (_, label) in enumerate(cats)]
         visits = Panel("visits-by-tier-channel", title, svg,
@@ -356,7 +362,8 @@ class Builder:
         title = f"数据质量评分卡 Data-quality scorecard by district, {self.year}"
         svg = charts.bar_chart([label for _, label in areas],
                                {self.short(m): [c.shown for c in cells[m][:n_areas]]
-                                for m in metrics}, title, "%")
+                                for m in metrics}, title, "%",
+                               {self.short(m): [False] * n_areas for m in metrics})
         rows = [(label, [cells[m][i] for m in metrics])
                 for i, (_, _, label) in enumerate(rows_spec)]
         table = numbers_table([self.name(m) for m in metrics], rows, ["percent"] * len(metrics))
