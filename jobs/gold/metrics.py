@@ -140,7 +140,30 @@ def _percent():
 def by_grouping_sets(df: DataFrame, sets: list[list[str]], *aggs: Column) -> DataFrame:
     """``aggs`` for each grouping set in one aggregation (columns outside a set are null)."""
     columns = list(dict.fromkeys(c for keys in sets for c in keys))
-    return df.groupingSets([tuple(keys) for keys in sets], *columns).agg(*aggs)
+    # A column in every set is an attribute of each cell (null: e.g. no condition family),
+    # never rolled up, so no "whole" row can collide with it.
+    rolled = [c for c in columns if not all(c in keys for keys in sets)]
+    flags = [grouped_flag(c) for c in rolled]
+    out = df.groupingSets([tuple(keys) for keys in sets], *columns).agg(*aggs, *flags)
+    return known_cells(out, rolled)
+
+
+def grouped_flag(column: str) -> Column:
+    from pyspark.sql import functions as F
+
+    return F.grouping(column).alias(f"_all_{column}")
+
+
+def known_cells(out: DataFrame, columns: list[str]) -> DataFrame:
+    """Drop the cells of a breakdown whose grain value is unknown (null in the data): they
+    would collide with the row of the whole (also null there) and count twice. Their rows still
+    count in the coarser cells, e.g. a resident with no known district in the city's total."""
+    from pyspark.sql import functions as F
+
+    known = F.lit(True)
+    for c in columns:
+        known = known & ((F.col(f"_all_{c}") == 1) | F.col(c).isNotNull())
+    return out.where(known).drop(*[f"_all_{c}" for c in columns])
 
 
 def _complete(df: DataFrame, metric_id: str, period: Period) -> DataFrame:
@@ -165,8 +188,10 @@ def over_population(facts: DataFrame, population: DataFrame, metric_id: str, per
     dims = RESIDENT_DIMS + list(extra_dims)
     count = (F.countDistinct("person_id") if "person_id" in facts.columns
              else F.count("*")).alias("numerator")
-    num = facts.cube(*dims).agg(count)
-    den = population.cube(*RESIDENT_DIMS).agg(F.sum("population").alias("denominator"))
+    num = known_cells(facts.cube(*dims).agg(count, *[grouped_flag(c) for c in dims]), dims)
+    den = known_cells(population.cube(*RESIDENT_DIMS).agg(
+        F.sum("population").alias("denominator"), *[grouped_flag(c) for c in RESIDENT_DIMS]),
+        RESIDENT_DIMS)
     on = [num[c].eqNullSafe(den[c]) for c in RESIDENT_DIMS]
     joined = den.join(num, on, "left").select(
         *[den[c] for c in RESIDENT_DIMS], *[num[c] for c in extra_dims],

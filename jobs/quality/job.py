@@ -215,7 +215,8 @@ def _add_examples(row: dict, result: dict, index_columns: list[str], n: int) -> 
         row["examples"] = [json.dumps(v, default=str, ensure_ascii=False) for v in values][:n]
     if not indexes or "institution_id" not in index_columns:
         return []
-    per_institution = Counter(item.get("institution_id") for item in indexes)
+    per_institution = Counter(item["institution_id"] for item in indexes
+                              if item.get("institution_id") is not None)
     return [{**row, "institution_id": inst, "unexpected_count": count,
              "element_count": None, "unexpected_percent": None,
              "examples": [e for e in row["examples"] if f"institution_id={inst}" in e]}
