@@ -8,7 +8,10 @@ informatization index, for the year of each extract date D it is given.
 It runs when the daily DAG's `gold` task updates the asset `healthlake_gold` (the asset event
 carries the extract date; late files can change any period of that year), and on the 1st of
 each month at 03:00 Asia/Shanghai for the month just ended. Writes Delta tables, so it takes the
-Delta pool's one slot. Exports are not part of the pipeline yet.
+Delta pool's one slot. `publish_year` then writes, for each of those years, the suppressed
+XLSX workbook of the gold tables (`healthlake export gold.metric_value gold.index_score
+gold.index_indicator --period Y --format xlsx`, under `publish.exports_root`) and the HTML report
+(`healthlake report --year Y`, under `publish.reports_root`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from jobs.orchestration import (
     dag_arguments,
     index_report_command,
     orchestration_settings,
+    publish_command,
 )
 
 SETTINGS = load()
@@ -44,4 +48,12 @@ with DAG(
         dates = [e.extra["extract_date"] for e in events if "extract_date" in (e.extra or {})]
         return index_report_command(dates, logical_date)
 
-    refresh_year()
+    @task.bash
+    def publish_year(logical_date=None, triggering_asset_events=None) -> str:
+        """The year's suppressed XLSX workbook of the gold tables and its HTML report:
+        `healthlake export ... --period Y --format xlsx` and `healthlake report --year Y`."""
+        events = (triggering_asset_events or {}).get(GOLD, [])
+        dates = [e.extra["extract_date"] for e in events if "extract_date" in (e.extra or {})]
+        return publish_command(dates, logical_date)
+
+    refresh_year() >> publish_year()

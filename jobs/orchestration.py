@@ -246,6 +246,15 @@ def daily_job_command(command: str, logical_date: dt.datetime | None, *args: str
     return spark_submit_shell(settings, [command, "--date", day.isoformat(), *args])
 
 
+def _report_years(event_extract_dates: list[str], logical_date: dt.datetime | None,
+                  settings: Settings) -> dict[int, dt.date]:
+    """Each year a report run covers -> its latest extract date."""
+    latest_of_year: dict[int, dt.date] = {}
+    for day in report_extract_dates(event_extract_dates, logical_date, settings.timezone):
+        latest_of_year[day.year] = max(day, latest_of_year.get(day.year, day))
+    return dict(sorted(latest_of_year.items()))
+
+
 def index_report_command(event_extract_dates: list[str],
                          logical_date: dt.datetime | None) -> str:
     """``healthlake gold --date D --year Y`` for every year the report run refreshes (D: the
@@ -253,9 +262,24 @@ def index_report_command(event_extract_dates: list[str],
     from jobs.config import load
 
     settings = load()
-    latest_of_year: dict[int, dt.date] = {}
-    for day in report_extract_dates(event_extract_dates, logical_date, settings.timezone):
-        latest_of_year[day.year] = max(day, latest_of_year.get(day.year, day))
     return " && ".join(
         spark_submit_shell(settings, ["gold", "--date", day.isoformat(), "--year", str(year)])
-        for year, day in sorted(latest_of_year.items()))
+        for year, day in _report_years(event_extract_dates, logical_date, settings).items())
+
+
+# What the report DAG publishes each year it refreshes (exports are suppressed by publish.yaml).
+PUBLISHED_TABLES = ["gold.metric_value", "gold.index_score", "gold.index_indicator"]
+
+
+def publish_command(event_extract_dates: list[str], logical_date: dt.datetime | None) -> str:
+    """``healthlake export <gold tables> --period Y --format xlsx`` and ``healthlake report
+    --year Y`` for every year the report run refreshes."""
+    from jobs.config import load
+
+    settings = load()
+    steps = []
+    for year in _report_years(event_extract_dates, logical_date, settings):
+        steps.append(spark_submit_shell(settings, ["export", *PUBLISHED_TABLES, "--period",
+                                                   str(year), "--format", "xlsx"]))
+        steps.append(spark_submit_shell(settings, ["report", "--year", str(year)]))
+    return " && ".join(steps)

@@ -42,7 +42,7 @@ EXPECTED = {
         "gold": ["check_silver"],
         "check_gold": ["gold"],
     },
-    "healthlake_index_report": {"refresh_year": []},
+    "healthlake_index_report": {"refresh_year": [], "publish_year": ["refresh_year"]},
     "healthlake_maintenance": {"optimize_and_vacuum": []},
 }
 # Tasks that write Delta tables: each takes the one slot of the Delta pool.
@@ -158,6 +158,17 @@ def test_report_dates_from_asset_events_or_the_month_just_ended():
     assert report_extract_dates([], first_of_may) == [dt.date(2024, 4, 30)]
     first_of_year = pendulum.datetime(2025, 1, 1, 3, tz=SHANGHAI)
     assert report_extract_dates([], first_of_year) == [dt.date(2024, 12, 31)]
+
+
+def test_the_report_dag_publishes_each_year_it_refreshes():
+    from jobs.orchestration import publish_command
+
+    command = publish_command(["2024-12-31", "2025-01-01"], None)
+    steps = command.split(" && ")
+    assert len(steps) == 4
+    assert steps[0].endswith("export gold.metric_value gold.index_score gold.index_indicator "
+                             "--period 2024 --format xlsx")
+    assert steps[1].endswith("report --year 2024") and steps[3].endswith("report --year 2025")
 
 
 def test_missing_manifests(tmp_path):
