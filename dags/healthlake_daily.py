@@ -4,8 +4,8 @@
 Institutions send each day's extract to `landing/<extract_date>/<institution>/`. Each run takes
 one extract date D through the medallion layers:
 
-`wait_for_manifests` >> `ingest` >> `check_bronze` >> `standardise` >> `resolve` >> `curate`
->> `check_silver` >> `gold` >> `check_gold`
+`wait_for_manifests` >> `ingest.<feed>` (a task per feed) >> `check_bronze` >> `standardise`
+>> `resolve` >> `curate` >> `check_silver` >> `gold` >> `check_gold`
 
 **Quality gates.** The `check_*` tasks run the Great Expectations suites of the tables just
 written (`quality/<table>.yaml`, thresholds in `conf/base/quality.yaml`): `healthlake quality
@@ -45,9 +45,10 @@ Configuration: `conf/base/orchestration.yaml` (cut-off, retries, pool), `conf/ba
 
 from __future__ import annotations
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, task
+from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup, task
 
 from jobs.config import load
+from jobs.contracts import feed_choices
 from jobs.landing_sensor import ManifestsSensor
 from jobs.orchestration import (
     GOLD_ASSET_NAME,
@@ -79,11 +80,17 @@ with DAG(
     )
 
     @task.bash(pool=ORCH.delta_pool)
-    def ingest(logical_date=None) -> str:
-        """Loads the day's landed files into `bronze.<feed>` (contracts of `schemas/`),
-        rejected rows and files into `quarantine.<feed>`, one row per file into
-        `ops.ingest_log` (rows in = loaded + quarantined): `healthlake ingest --date D`."""
-        return daily_job_command("ingest", logical_date)
+    def ingest(feed: str, logical_date=None) -> str:
+        """Loads the day's landed files of one feed into `bronze.<feed>` (its contract in
+        `schemas/`), rejected rows and files into `quarantine.<feed>`, one row per file into
+        `ops.ingest_log` (rows in = loaded + quarantined): `healthlake ingest --date D --feed
+        <feed>`. `ingest.unrecognised` logs the files that match no feed contract. A feed's
+        task can be cleared and re-run alone: it replaces only its own tables and log rows."""
+        return daily_job_command("ingest", logical_date, "--feed", feed)
+
+    with TaskGroup("ingest", tooltip="one ingest task per feed") as ingest_feeds:
+        for feed in feed_choices():
+            ingest.override(task_id=feed)(feed=feed)
 
     @task.bash(pool=ORCH.delta_pool)
     def check_bronze(logical_date=None) -> str:
@@ -135,5 +142,5 @@ with DAG(
         outlet_events[GOLD].extra = {"extract_date": day.isoformat()}
         return daily_job_command("quality", logical_date, "--layer", "gold")
 
-    (wait_for_manifests >> ingest() >> check_bronze() >> standardise() >> resolve() >> curate()
+    (wait_for_manifests >> ingest_feeds >> check_bronze() >> standardise() >> resolve() >> curate()
      >> check_silver() >> gold() >> check_gold())

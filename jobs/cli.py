@@ -106,7 +106,20 @@ def _per_day(module: str, name: str) -> Callable[[Settings, argparse.Namespace],
     return command
 
 
-cmd_ingest = _per_day("jobs.ingest.job", "ingest")
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.contracts import feed_choices
+    from jobs.ingest import job
+    from jobs.spark import get_spark
+
+    days = _days(args)
+    unknown = sorted(set(args.feed or []) - set(feed_choices()))
+    if unknown:  # before Spark starts
+        raise ConfigError(f"--feed {', '.join(unknown)}: not a feed; choose from "
+                          f"{', '.join(feed_choices())}")
+    spark = get_spark(settings, app_name="healthlake-ingest")
+    return {d.isoformat(): job.run(spark, settings, d, args.feed) for d in days}
+
+
 cmd_standardise = _per_day("jobs.silver.job", "standardise")
 cmd_resolve = _per_day("jobs.silver.resolve", "resolve")
 cmd_curate = _per_day("jobs.silver.curate", "curate")
@@ -332,6 +345,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("ingest", "standardise", "resolve", "curate", "gold", "quality"):
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
+        if name == "ingest":
+            p.add_argument("--feed", action="append", metavar="FEED",
+                           help="ingest only this feed (repeatable): a feed of schemas/, or "
+                                "'unrecognised' for files that match no feed")
         if name == "gold":
             p.add_argument("--year", type=int,
                            help="recompute this whole year (the year, its quarters and months)")

@@ -109,3 +109,12 @@ def load_contracts(schemas_dir: str | Path = SCHEMAS_DIR) -> Contracts:
             raise ConfigError(f"{path}: feed {contract.feed!r} must match the file name")
         feeds[contract.feed] = contract
     return Contracts(profiles=profiles, feeds=feeds)
+
+
+UNRECOGNISED = "unrecognised"  # the pseudo-feed of landed files that match no feed contract
+
+
+def feed_choices(contracts: Contracts | None = None) -> list[str]:
+    """The feeds an ingest run can be cut to (``healthlake ingest --feed``, one daily-DAG task
+    each): every feed of schemas/, then ``unrecognised``."""
+    return [*sorted((contracts or load_contracts()).feeds), UNRECOGNISED]

@@ -15,6 +15,7 @@ import pendulum
 import pytest
 
 from jobs.config import ConfigError, load
+from jobs.contracts import feed_choices
 from jobs.orchestration import (
     extract_date_of,
     manifests_cutoff,
@@ -30,11 +31,13 @@ VENV_BIN = Path(sys.executable).parent
 SHANGHAI = "Asia/Shanghai"
 UTC = dt.UTC
 
+# One ingest task per feed, in the task group "ingest" (files of no feed: ingest.unrecognised).
+INGEST = [f"ingest.{feed}" for feed in feed_choices()]
 EXPECTED = {
     "healthlake_daily": {
         "wait_for_manifests": [],
-        "ingest": ["wait_for_manifests"],
-        "check_bronze": ["ingest"],
+        **{task: ["wait_for_manifests"] for task in INGEST},
+        "check_bronze": INGEST,
         "standardise": ["check_bronze"],
         "resolve": ["standardise"],
         "curate": ["resolve"],
@@ -46,7 +49,7 @@ EXPECTED = {
     "healthlake_maintenance": {"optimize_and_vacuum": []},
 }
 # Tasks that write Delta tables: each takes the one slot of the Delta pool.
-WRITERS = {"ingest", "check_bronze", "standardise", "resolve", "curate", "check_silver", "gold",
+WRITERS = {*INGEST, "check_bronze", "standardise", "resolve", "curate", "check_silver", "gold",
            "check_gold", "refresh_year",
            "optimize_and_vacuum"}
 

@@ -118,3 +118,34 @@ def test_day_without_landing_folder_is_logged_as_empty(spark, lake):
     summary = ingest.run(spark, lake, dt.date(2024, 1, 1))
     assert summary["files"] == 0 and summary["reconciled"] and summary["rows_in"] == 0
     assert read_table(spark, lake, "ops.ingest_log").count() == 0
+
+
+def test_ingest_feed_by_feed_leaves_what_one_whole_run_leaves(spark, tmp_path):
+    """The daily DAG ingests each feed in its own task: together they leave the same tables as one
+    run over the day, and re-running one feed's task changes nothing."""
+    from jobs.contracts import UNRECOGNISED, feed_choices
+
+    def lake_with_day(root: Path):
+        settings = make_settings(root)
+        deliver(settings.landing_root, D1, "I1",
+                {"resident_registry.csv": registry_csv("A1", bad_date="2024-13-01"),
+                 "encounters.csv": b"visit_id\nV1\n",  # unlisted: quarantined as encounters
+                 "notes.txt": b"not a feed\n"},  # no feed's name: the unrecognised pseudo-feed
+                unlisted=("encounters.csv", "notes.txt"))
+        return settings
+
+    tables = ("bronze.resident_registry", "quarantine.resident_registry",
+              "quarantine.encounters", "ops.ingest_log")
+    whole = lake_with_day(tmp_path / "whole")
+    ingest.run(spark, whole, D1)
+    by_feed = lake_with_day(tmp_path / "by_feed")
+    summaries = {f: ingest.run(spark, by_feed, D1, [f]) for f in feed_choices()}
+    assert summaries[UNRECOGNISED]["files_by_status"] == {"unknown_feed": 1}
+    assert summaries["encounters"]["files_by_status"] == {"quarantined": 1}
+    expected = {t: snapshot(spark, whole, t) for t in tables}
+    assert {t: snapshot(spark, by_feed, t) for t in tables} == expected
+
+    ingest.run(spark, by_feed, D1, ["resident_registry"])
+    assert {t: snapshot(spark, by_feed, t) for t in tables} == expected
+    with pytest.raises(ValueError, match="unknown feed"):
+        ingest.run(spark, by_feed, D1, ["registry"])

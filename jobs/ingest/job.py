@@ -6,6 +6,12 @@ reads them in parallel. Every table is then written with one atomic Delta commit
 the extract date's partition: re-running a day gives identical tables, and a run killed half-way
 leaves each table either before or after its commit, never in between. ``ops.ingest_log`` is
 written last and says which files a day's run completed.
+
+A run can take only some feeds (``feeds=["encounters"]``, ``healthlake ingest --feed``): the
+daily DAG ingests each feed in a task of its own. The day's plan is always made whole (so a file
+duplicated under another feed's name is judged the same way by every feed's run) and then cut
+to the feeds asked for; only their tables and their rows of ``ops.ingest_log`` are replaced.
+Files that belong to no feed contract go with the pseudo-feed ``unrecognised``.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.config import Settings
-from jobs.contracts import load_contracts
+from jobs.contracts import UNRECOGNISED, feed_choices, load_contracts
 from jobs.ingest.plan import DayPlan, load_institutions, mark_duplicates_of_loaded, plan_day
 from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
 from jobs.lake import read_table, table_exists, write_table
@@ -236,16 +242,46 @@ def reconcile(results: dict[str, dict]) -> list[dict]:
 # -- the job ----------------------------------------------------------------------------------
 
 
-def run(spark, settings: Settings, extract_date: dt.date) -> dict:
-    """Ingest one extract date into bronze, quarantine and ops.ingest_log."""
+def feed_of_file(p, contracts) -> str:
+    """The feed whose run takes the planned file: its own, or ``unrecognised``."""
+    return p.landed.feed if p.landed.feed in contracts.feeds else UNRECOGNISED
+
+
+def log_predicate(day: str, feeds: list[str] | None, contracts) -> str:
+    """The rows of ops.ingest_log a run over ``feeds`` (None: all) replaces."""
+    where = f"extract_date = DATE'{day}'"
+    if feeds is None:
+        return where
+
+    def listed(names) -> str:
+        return ", ".join(f"'{n}'" for n in sorted(names))
+
+    parts = []
+    if named := set(feeds) - {UNRECOGNISED}:
+        parts.append(f"feed IN ({listed(named)})")
+    if UNRECOGNISED in feeds:
+        parts.append(f"feed IS NULL OR feed NOT IN ({listed(contracts.feeds)})")
+    return f"{where} AND ({' OR '.join(parts)})"
+
+
+def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | None = None
+        ) -> dict:
+    """Ingest one extract date into bronze, quarantine and ops.ingest_log: every feed, or only
+    ``feeds`` (names from :func:`feed_choices`)."""
     from pyspark import StorageLevel
 
     day = extract_date.isoformat()
     run_id = uuid.uuid4().hex[:12]
     started = time.perf_counter()
     contracts = load_contracts()
+    if feeds is not None:
+        unknown = sorted(set(feeds) - set(feed_choices(contracts)))
+        if unknown or not feeds:
+            raise ValueError(f"unknown feed(s) {unknown}: choose from {feed_choices(contracts)}")
     institutions = load_institutions(settings.reference_root)
     plan = plan_day(settings.landing_root, day, contracts, institutions)
+    if feeds is not None:
+        plan.files = [p for p in plan.files if feed_of_file(p, contracts) in feeds]
     history = _ingest_history(spark, settings, day)
     superseded = mark_duplicates_of_loaded(plan, history.loaded_elsewhere)
 
@@ -267,6 +303,8 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     where = f"extract_date = DATE'{day}'"
     writes = []
     for feed, contract in sorted(contracts.feeds.items()):
+        if feeds is not None and feed not in feeds:
+            continue
         # Only tables that get rows now, or held rows of this day before, need a commit.
         if _feed_has(file_stats, feed, "bronze") or (feed, "bronze") in history.written:
             bronze = (bronze_rows(read_df, feed, contract.column_names) if read_df is not None
@@ -287,11 +325,14 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
         _remove_superseded(spark, settings, superseded, day)
     log_df = spark.createDataFrame(
         _ingest_log_rows(plan, file_stats, run_id, history.first_seen), INGEST_LOG_DDL)
-    write_table(log_df, settings, "ops.ingest_log", replace_where=where)
+    write_table(log_df, settings, "ops.ingest_log",
+                replace_where=log_predicate(day, feeds, contracts))
     timings["log"] = _lap(started, timings)
     if read_df is not None:
         read_df.unpersist()
     summary = _summary(plan, file_stats, day, time.perf_counter() - started)
+    if feeds is not None:
+        summary = {"feeds": feeds, **summary}
     summary["seconds_by_step"] = timings
     log.info("ingest %s: %s", day, summary)
     return summary
