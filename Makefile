@@ -11,7 +11,7 @@ SECRET := .secrets/hmac_key
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup demo test lint jars generate check airflow airflow-stop thrift thrift-stop chromium \
-	clean-data clean
+	cluster cluster-stop cluster-demo clean-data clean
 
 setup: $(INSTALLED) $(JARS)
 
@@ -68,6 +68,20 @@ thrift: setup $(SECRET)
 
 thrift-stop: $(INSTALLED)
 	$(BIN)/healthlake thrift stop
+
+# A Spark standalone master and two workers on loopback (pyspark's own distribution;
+# conf/base/cluster.yaml); `make cluster-demo` runs the demo pipeline on it by configuration
+# alone (HEALTHLAKE_SPARK__MASTER). Stop it with `make cluster-stop`.
+CLUSTER_MASTER ?= spark://127.0.0.1:7077
+
+cluster: setup
+	$(BIN)/healthlake cluster start
+
+cluster-stop: $(INSTALLED)
+	$(BIN)/healthlake cluster stop
+
+cluster-demo: cluster $(SECRET)
+	HEALTHLAKE_SPARK__MASTER=$(CLUSTER_MASTER) $(BIN)/healthlake demo
 
 clean-data:
 	rm -rf data

@@ -276,6 +276,21 @@ def cmd_thrift(settings: Settings, args: argparse.Namespace) -> dict:
     return thrift.status(settings)
 
 
+def cmd_cluster(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.cluster import LocalCluster
+
+    cluster = LocalCluster.from_settings(settings)
+    if args.action == "start":
+        status = cluster.start()
+        print(f"Spark standalone up: {status['master']} with {status['alive_workers']} workers "
+              f"(UI {status['ui']}). Run any command against it with {status['use']}; stop it "
+              "with `healthlake cluster stop` (make cluster-stop).")
+        return status
+    if args.action == "stop":
+        return cluster.stop()
+    return cluster.status()
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs import demo
 
@@ -321,6 +336,8 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "tables": (cmd_tables, "list the tables analysts can query: description, columns, rows"),
     "thrift": (cmd_thrift, "start, stop or show Spark's Thrift JDBC server (loopback) over the "
                            "tables analysts can query"),
+    "cluster": (cmd_cluster, "start, stop or show a Spark standalone master and workers on "
+                             "loopback (pyspark's own distribution)"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 
@@ -361,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "maintenance":
             p.add_argument("--retention-hours", type=int,
                            help="VACUUM retention, at least 168 (default: conf)")
-        if name == "airflow":
+        if name in ("airflow", "cluster"):
             p.add_argument("action", choices=["start", "stop", "status"])
         if name == "match":
             p.add_argument("--config", required=True, help="match specification (YAML)")

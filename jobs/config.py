@@ -107,6 +107,8 @@ class Settings:
     quality: dict[str, Any] = field(default_factory=dict)
     # Exports, report, SQL access (conf/base/publish.yaml), validated by jobs.publish.settings.
     publish: dict[str, Any] = field(default_factory=dict)
+    # A Spark standalone cluster on loopback (conf/base/cluster.yaml), validated by jobs.cluster.
+    cluster: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)

@@ -14,18 +14,16 @@ The slowest tests of the suite: every task starts its own Spark (about half a mi
 from __future__ import annotations
 
 import datetime as dt
-import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import make_settings, settings_env
+from jobs.background import free_port
+from tests.conftest import SMALL_DAYS, lake_like, make_settings, settings_env
 
-D1, D2 = dt.date(2024, 4, 15), dt.date(2024, 4, 16)
-RESIDENTS = 300
+D1, D2 = SMALL_DAYS
 # Spark settings for tiny data in every spark-submit the tasks start.
 TINY_SPARK = {
     "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
@@ -49,24 +47,14 @@ def logical_date(day: dt.date) -> str:
     return f"{day.isoformat()}T00:00:00+08:00"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def city(tmp_path_factory):
-    """Two lakes fed the same landed files: ``dag`` (run by Airflow) and ``cli`` (by the CLI)."""
-    from jobs.generate import generate
-
+def city(small_city, small_city_cli_day1, tmp_path_factory):
+    """Two lakes fed the same landed files: ``dag`` (run by Airflow here) and ``cli`` (day 1 run
+    by the CLI's jobs, shared with the cluster test)."""
     root = tmp_path_factory.mktemp("airflow_city")
-    dag_root, cli_root = root / "dag", root / "cli"
-    generate(make_settings(dag_root), residents=RESIDENTS, start_date=D1, days=2)
-    for part in ("landing", "reference", "late"):
-        if (dag_root / part).exists():
-            shutil.copytree(dag_root / part, cli_root / part)
-    # Airflow's state beside the lakes, on a free port (never the checkout's .cache/airflow).
+    dag_root = root / "dag"
+    lake_like(small_city, dag_root)
+    # Airflow's state beside the lake, on a free port (never the checkout's .cache/airflow).
     local = {"HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__HOME": str(root / "airflow"),
              "HEALTHLAKE_ORCHESTRATION__LOCAL_AIRFLOW__PORT": str(free_port())}
     env = settings_env(dag_root, **TINY_SPARK, **local)
@@ -74,32 +62,19 @@ def city(tmp_path_factory):
                 # Only the runs the test triggers: no scheduled run for yesterday.
                 "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": "False"})
     return {"env": env, "dag": make_settings(dag_root, **TINY_SPARK, **local),
-            "cli": make_settings(cli_root, **TINY_SPARK)}
+            "cli": small_city_cli_day1}
 
 
 def test_dag_test_runs_a_day_end_to_end_and_leaves_the_tables_the_cli_leaves(city, spark):
     from jobs.airflow_local import LocalAirflow
-    from jobs.gold import job as gold
-    from jobs.ingest import job as ingest
     from jobs.lake import fingerprint
-    from jobs.quality import job as quality
-    from jobs.silver import curate, resolve
-    from jobs.silver import job as standardise
 
     env = LocalAirflow.from_settings(city["dag"]).prepare(city["env"])
     done = subprocess.run([sys.executable, "-c", DAG_TEST, logical_date(D1)], env=env,
                           capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    cli = city["cli"]
-    ingest.run(spark, cli, D1)
-    quality.run(spark, cli, D1, layers=["ops", "bronze"])
-    for job in (standardise, resolve, curate):
-        job.run(spark, cli, D1)
-    quality.run(spark, cli, D1, layers=["silver_std", "silver"])
-    gold.run(spark, cli, D1)
-    quality.run(spark, cli, D1, layers=["gold"])
-
+    cli = city["cli"]  # the same day run by the CLI's jobs (conftest.small_city_cli_day1)
     by_dag, by_cli = fingerprint(spark, city["dag"]), fingerprint(spark, cli)
     # ingested_at is when this lake's run first saw each file: not comparable across lakes.
     log_cols = ("run_id", "read_ms", "ingested_at")

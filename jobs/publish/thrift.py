@@ -19,12 +19,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from jobs.background import Background, listening
 from jobs.config import PROJECT_ROOT, Settings, load
 from jobs.publish import sql
 from jobs.publish.settings import PublishSettings, load_publish
@@ -81,81 +81,39 @@ def serve(settings: Settings) -> None:
         time.sleep(3600)
 
 
-def _listening(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _pid(path: Path) -> int | None:
-    try:
-        pid = int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    try:
-        os.kill(pid, 0)
-    except OSError:
-        return None
-    return pid
+def _service(settings: Settings, spec: PublishSettings) -> Background:
+    return Background(home(settings, spec), "thrift")
 
 
 def status(settings: Settings) -> dict:
     spec = load_publish(settings)
-    pid = _pid(home(settings, spec) / "thrift.pid")
+    service = _service(settings, spec)
+    pid = service.pid()
     return {"running": pid is not None, "pid": pid, "url": jdbc_url(spec),
-            "listening": _listening(spec.thrift.host, spec.thrift.port),
-            "log": str(home(settings, spec) / "thrift.log")}
+            "listening": listening(spec.thrift.host, spec.thrift.port),
+            "log": str(service.log_file)}
 
 
 def start(settings: Settings, environ: dict[str, str] | None = None) -> dict:
-    """Launch :func:`serve` in the background (its own process group) and wait until it
-    listens; an error with the log's end if it dies first."""
+    """Launch :func:`serve` in the background and wait until it listens; an error with the
+    log's end if it dies first."""
     spec = load_publish(settings)
-    folder = home(settings, spec)
-    folder.mkdir(parents=True, exist_ok=True)
-    if _pid(folder / "thrift.pid") is not None:
+    service = _service(settings, spec)
+    if service.pid() is not None:
         return {**status(settings), "note": "already running"}
-    if _listening(spec.thrift.host, spec.thrift.port):
+    if listening(spec.thrift.host, spec.thrift.port):
         raise RuntimeError(f"port {spec.thrift.port} on {spec.thrift.host} is taken by another "
                            "program: set publish.thrift.port")
-    logfile = folder / "thrift.log"
-    with logfile.open("ab") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "jobs.publish.thrift"], cwd=PROJECT_ROOT,
-            env=dict(os.environ if environ is None else environ), stdout=out,
-            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    (folder / "thrift.pid").write_text(str(process.pid))
-    deadline = time.monotonic() + START_TIMEOUT_SECONDS
-    while not _listening(spec.thrift.host, spec.thrift.port):
-        if process.poll() is not None or time.monotonic() > deadline:
-            stop(settings)
-            tail = logfile.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the Thrift server did not start; end of {logfile}:\n{tail}")
-        time.sleep(2)
+    service.start([sys.executable, "-m", "jobs.publish.thrift"],
+                  lambda: listening(spec.thrift.host, spec.thrift.port),
+                  timeout=START_TIMEOUT_SECONDS, env=environ, cwd=PROJECT_ROOT)
     return status(settings)
 
 
 def stop(settings: Settings) -> dict:
     """Terminate the server this module started (its process group, by the recorded id)."""
     spec = load_publish(settings)
-    pid_file = home(settings, spec) / "thrift.pid"
-    pid = _pid(pid_file)
-    if pid is not None:
-        os.killpg(pid, signal.SIGTERM)
-        for _ in range(60):
-            try:
-                os.waitpid(pid, os.WNOHANG)  # reap it when this process started it
-            except ChildProcessError:
-                pass
-            if _pid(pid_file) is None:
-                break
-            time.sleep(1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-    return {"stopped": pid, "url": jdbc_url(spec)}
+    return {"stopped": _service(settings, spec).stop(), "url": jdbc_url(spec)}
 
 
 def beeline(spec: PublishSettings, statement: str, timeout: float = 180) -> str:
