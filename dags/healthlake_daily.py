@@ -80,13 +80,17 @@ with DAG(
     )
 
     @task.bash(pool=ORCH.delta_pool)
-    def ingest(feed: str, logical_date=None) -> str:
+    def ingest(feed: str, logical_date=None, dag_run=None) -> str:
         """Loads the day's landed files of one feed into `bronze.<feed>` (its contract in
         `schemas/`), rejected rows and files into `quarantine.<feed>`, one row per file into
         `ops.ingest_log` (rows in = loaded + quarantined): `healthlake ingest --date D --feed
         <feed>`. `ingest.unrecognised` logs the files that match no feed contract. A feed's
-        task can be cleared and re-run alone: it replaces only its own tables and log rows."""
-        return daily_job_command("ingest", logical_date, "--feed", feed)
+        task can be cleared and re-run alone: it replaces only its own tables and log rows.
+        Every feed's task logs the run's start as when it first saw a file, so the day's files
+        are on time together (the scorecard calls late what a later run saw first)."""
+        started = dag_run.start_date if dag_run is not None else None
+        return daily_job_command("ingest", logical_date, "--feed", feed,
+                                 *(["--run-started-at", started.isoformat()] if started else []))
 
     with TaskGroup("ingest", tooltip="one ingest task per feed") as ingest_feeds:
         for feed in feed_choices():

@@ -139,7 +139,11 @@ def test_ingest_feed_by_feed_leaves_what_one_whole_run_leaves(spark, tmp_path):
     whole = lake_with_day(tmp_path / "whole")
     ingest.run(spark, whole, D1)
     by_feed = lake_with_day(tmp_path / "by_feed")
-    summaries = {f: ingest.run(spark, by_feed, D1, [f]) for f in feed_choices()}
+    # One DAG run, one time: every feed's task logs its run's start as when it saw the files.
+    started = dt.datetime(2024, 4, 16, 0, 5, tzinfo=dt.UTC)
+    summaries = {f: ingest.run(spark, by_feed, D1, [f], started) for f in feed_choices()}
+    seen = {r.ingested_at for r in read_table(spark, by_feed, "ops.ingest_log").collect()}
+    assert seen == {started.replace(tzinfo=None)}
     assert summaries[UNRECOGNISED]["files_by_status"] == {"unknown_feed": 1}
     assert summaries["encounters"]["files_by_status"] == {"quarantined": 1}
     expected = {t: snapshot(spark, whole, t) for t in tables}

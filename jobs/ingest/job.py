@@ -264,10 +264,15 @@ def log_predicate(day: str, feeds: list[str] | None, contracts) -> str:
     return f"{where} AND ({' OR '.join(parts)})"
 
 
-def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | None = None
-        ) -> dict:
+def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | None = None,
+        run_started_at: dt.datetime | None = None) -> dict:
     """Ingest one extract date into bronze, quarantine and ops.ingest_log: every feed, or only
-    ``feeds`` (names from :func:`feed_choices`)."""
+    ``feeds`` (names from :func:`feed_choices`).
+
+    ``run_started_at`` (default: now) is the time this run of the day saw the files, written as
+    ``ingested_at`` for files no earlier run saw. The daily DAG passes its run's start to every
+    feed's task, so one run is one time, as in one whole-day run: the scorecard calls a file late
+    when it was first seen after the day's first run."""
     from pyspark import StorageLevel
 
     day = extract_date.isoformat()
@@ -324,7 +329,8 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     if superseded:
         _remove_superseded(spark, settings, superseded, day)
     log_df = spark.createDataFrame(
-        _ingest_log_rows(plan, file_stats, run_id, history.first_seen), INGEST_LOG_DDL)
+        _ingest_log_rows(plan, file_stats, run_id, history.first_seen, run_started_at),
+        INGEST_LOG_DDL)
     write_table(log_df, settings, "ops.ingest_log",
                 replace_where=log_predicate(day, feeds, contracts))
     timings["log"] = _lap(started, timings)
@@ -421,11 +427,13 @@ def _remove_superseded(spark, settings: Settings, shas: list[str], day: str) -> 
 
 
 def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str,
-                     first_seen: dict[tuple[str, str | None, bool], dt.datetime]) -> list[tuple]:
+                     first_seen: dict[tuple[str, str | None, bool], dt.datetime],
+                     run_started_at: dt.datetime | None = None) -> list[tuple]:
     """The day's log. ``ingested_at`` is when a run of this day first saw the file as it is now
     (the same bytes, or missing still): a file that arrived after the day's first run has a
     later time than the rest, which is how the data-quality scorecard tells late from on time."""
-    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    seen_now = run_started_at or dt.datetime.now(dt.UTC)
+    now = (seen_now.astimezone(dt.UTC) if seen_now.tzinfo else seen_now).replace(tzinfo=None)
     out = []
     for p in plan.files:
         f = p.landed
