@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs.background import Background
 from jobs.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +57,16 @@ class LocalAirflow:
         return f"http://{self.host}:{self.port}"
 
     @property
+    def _service(self) -> Background:
+        return Background(self.home, "standalone")
+
+    @property
     def pid_file(self) -> Path:
-        return self.home / "standalone.pid"
+        return self._service.pid_file
 
     @property
     def log_file(self) -> Path:
-        return self.home / "standalone.log"
+        return self._service.log_file
 
     def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
         """The environment Airflow's processes (and so every task) run with."""
@@ -103,12 +107,7 @@ class LocalAirflow:
         return env
 
     def running_pid(self) -> int | None:
-        try:
-            pid = int(self.pid_file.read_text())
-            os.kill(pid, 0)
-            return pid
-        except (FileNotFoundError, ValueError, ProcessLookupError):
-            return None
+        return self._service.pid()
 
     def start(self, env: dict[str, str] | None = None, timeout: float = 240) -> AirflowApi:
         """Migrate the metadata database, create the Delta pool, start ``airflow standalone``
@@ -117,23 +116,18 @@ class LocalAirflow:
             raise RuntimeError(f"Airflow already runs from {self.home} (pid "
                                f"{self.running_pid()}): `healthlake airflow stop` first")
         env = self.prepare(env)
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "standalone"],
-                                    env=env, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True, cwd=self.home)
-        self.pid_file.write_text(str(proc.pid))
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"airflow standalone exited with {proc.returncode}; see "
-                                   f"{self.log_file}")
-            if self._healthy() and (self.home / PASSWORDS_FILE).is_file():
-                api = self.api()
-                if api.dag_ids() >= {"healthlake_daily"}:
-                    return api
-            time.sleep(2)
-        self.stop()
-        raise TimeoutError(f"Airflow did not come up within {timeout:.0f} s; see {self.log_file}")
+        self._service.start([str(Path(sys.executable).parent / "airflow"), "standalone"],
+                            self._ready, timeout=timeout, env=env, cwd=self.home)
+        return self.api()
+
+    def _ready(self) -> bool:
+        """Healthy, the login generated, and the daily DAG parsed."""
+        if not (self._healthy() and (self.home / PASSWORDS_FILE).is_file()):
+            return False
+        try:
+            return self.api().dag_ids() >= {"healthlake_daily"}
+        except (OSError, ValueError, KeyError):
+            return False
 
     def _healthy(self) -> bool:
         try:
@@ -152,21 +146,7 @@ class LocalAirflow:
 
     def stop(self, timeout: float = 60) -> bool:
         """Stop the standalone process group; True if something was running."""
-        pid = self.running_pid()
-        if pid is None:
-            return False
-        os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(1)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-        self.pid_file.unlink(missing_ok=True)
-        return True
+        return self._service.stop(timeout) is not None
 
     def status(self) -> dict:
         pid = self.running_pid()
