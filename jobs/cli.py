@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jobs.config import ConfigError, Settings, load
+from jobs.privacy import PrivacyError
 from jobs.quality import QualityError
 
 log = logging.getLogger("healthlake")
@@ -117,7 +118,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
         raise ConfigError(f"--feed {', '.join(unknown)}: not a feed; choose from "
                           f"{', '.join(feed_choices())}")
     spark = get_spark(settings, app_name="healthlake-ingest")
-    return {d.isoformat(): job.run(spark, settings, d, args.feed) for d in days}
+    return {d.isoformat(): job.run(spark, settings, d, args.feed, args.run_started_at)
+            for d in days}
 
 
 cmd_standardise = _per_day("jobs.silver.job", "standardise")
@@ -147,20 +149,26 @@ def cmd_maintenance(settings: Settings, args: argparse.Namespace) -> dict:
     return maintenance.run(spark, settings, hours)
 
 
+def _service_action(action: str, start, stop, status, announce) -> dict:
+    """start / stop / status of a background service (Airflow, the Thrift server, a cluster);
+    ``announce`` says where to find what started."""
+    if action == "start":
+        result = start()
+        print(announce(result))
+        return result
+    return stop() if action == "stop" else status()
+
+
 def cmd_airflow(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.airflow_local import LocalAirflow
 
     local = LocalAirflow.from_settings(settings)
-    if args.action == "start":
-        local.start()
-        status = local.status()
-        print(f"Airflow is up: open {status['ui']} and log in as {status['login']}.\n"
-              f"DAGs start paused; logs and state in {local.home}; stop with "
-              "`healthlake airflow stop` (make airflow-stop).")
-        return status
-    if args.action == "stop":
-        return {"stopped": local.stop(), "home": str(local.home)}
-    return local.status()
+    return _service_action(
+        args.action, lambda: (local.start(), local.status())[1],
+        lambda: {"stopped": local.stop(), "home": str(local.home)}, local.status,
+        lambda s: f"Airflow is up: open {s['ui']} and log in as {s['login']}.\nDAGs start "
+                  f"paused; logs and state in {local.home}; stop with `healthlake airflow "
+                  "stop` (make airflow-stop).")
 
 
 def cmd_quality(settings: Settings, args: argparse.Namespace) -> dict:
@@ -266,29 +274,38 @@ def cmd_tables(settings: Settings, args: argparse.Namespace) -> dict:
 def cmd_thrift(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.publish import thrift
 
-    if args.action == "start":
-        status = thrift.start(settings)
-        print(f"Thrift JDBC server up: {status['url']} (beeline -u {status['url']}); stop it "
-              "with `healthlake thrift stop` (make thrift-stop).")
-        return status
-    if args.action == "stop":
-        return thrift.stop(settings)
-    return thrift.status(settings)
+    return _service_action(
+        args.action, lambda: thrift.start(settings), lambda: thrift.stop(settings),
+        lambda: thrift.status(settings),
+        lambda s: f"Thrift JDBC server up: {s['url']} (beeline -u {s['url']}); stop it with "
+                  "`healthlake thrift stop` (make thrift-stop).")
 
 
 def cmd_cluster(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.cluster import LocalCluster
 
     cluster = LocalCluster.from_settings(settings)
-    if args.action == "start":
-        status = cluster.start()
-        print(f"Spark standalone up: {status['master']} with {status['alive_workers']} workers "
-              f"(UI {status['ui']}). Run any command against it with {status['use']}; stop it "
-              "with `healthlake cluster stop` (make cluster-stop).")
-        return status
-    if args.action == "stop":
-        return cluster.stop()
-    return cluster.status()
+    return _service_action(
+        args.action, cluster.start, cluster.stop, cluster.status,
+        lambda s: f"Spark standalone up: {s['master']} with {s['alive_workers']} workers (UI "
+                  f"{s['ui']}). Run any command against it with {s['use']}; stop it with "
+                  "`healthlake cluster stop` (make cluster-stop).")
+
+
+def cmd_privacy_scan(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs import privacy
+    from jobs.publish.settings import exports_root, load_publish, reports_root
+    from jobs.spark import get_spark
+
+    spec = load_publish(settings)
+    truth = settings.ground_truth_root / "persons.parquet"
+    source = Path(args.known) if args.known else truth if truth.is_file() else None
+    known = privacy.known_values(source) if source else None
+    roots = [Path(r) for r in args.published] if args.published else \
+        [exports_root(settings, spec), reports_root(settings, spec)]
+    spark = get_spark(settings, app_name="healthlake-privacy-scan")
+    return {"known_values_from": str(source) if source else None,
+            **privacy.run(spark, settings, roots, known)}
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
@@ -338,6 +355,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
                            "tables analysts can query"),
     "cluster": (cmd_cluster, "start, stop or show a Spark standalone master and workers on "
                              "loopback (pyspark's own distribution)"),
+    "privacy-scan": (cmd_privacy_scan, "look through every curated table, export and report "
+                                       "for identity numbers, phones and names in clear; "
+                                       "exit 1 on any hit"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 
@@ -366,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--feed", action="append", metavar="FEED",
                            help="ingest only this feed (repeatable): a feed of schemas/, or "
                                 "'unrecognised' for files that match no feed")
+            p.add_argument("--run-started-at", type=dt.datetime.fromisoformat, metavar="TIME",
+                           help="when this run of the day started (ISO 8601; default: now): "
+                                "the time files no earlier run saw are logged as first seen. "
+                                "The daily DAG gives every feed's task its run's start")
         if name == "gold":
             p.add_argument("--year", type=int,
                            help="recompute this whole year (the year, its quarters and months)")
@@ -378,6 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "maintenance":
             p.add_argument("--retention-hours", type=int,
                            help="VACUUM retention, at least 168 (default: conf)")
+        if name == "privacy-scan":
+            p.add_argument("--known", help="values to look for as they are: a Parquet file "
+                           "(default: the ground truth's persons.parquet, when there is one) "
+                           "or a text file, one value a line")
+            p.add_argument("--published", action="append", metavar="DIR",
+                           help="folder of published files to scan (repeatable; default: "
+                                "publish.exports_root and publish.reports_root)")
         if name in ("airflow", "cluster"):
             p.add_argument("action", choices=["start", "stop", "status"])
         if name == "match":
@@ -423,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"healthlake: configuration error: {exc}", file=sys.stderr)
         return 2
-    except QualityError as exc:
+    except (QualityError, PrivacyError) as exc:
         print(f"healthlake: {exc}", file=sys.stderr)
         return 1
     _print(summary, args.json)

@@ -12,6 +12,7 @@ Used by tests on every curated table; the scan returns examples, never prints a 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jobs.config import Settings
@@ -80,3 +81,109 @@ def scan(spark: SparkSession, settings: Settings, known: set[str] | None = None)
             if hits:
                 out[name] = hits
     return out
+
+
+# -- published files: exports (CSV, XLSX, Parquet) and HTML reports ------------------------------
+
+PUBLISHED_SUFFIXES = (".csv", ".xlsx", ".parquet", ".html", ".json")
+
+
+def _strings_of_file(path: Path) -> list[str]:
+    """Every text a published file holds: cell values, metadata, page text."""
+    if path.suffix == ".xlsx":
+        from openpyxl import load_workbook
+
+        book = load_workbook(path, read_only=True)
+        return [str(v) for sheet in book.worksheets for row in sheet.iter_rows(values_only=True)
+                for v in row if v is not None]
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        meta = table.schema.metadata or {}
+        out = [v.decode("utf-8", "replace") for v in meta.values()]
+        for column in table.columns:
+            out += [str(v) for v in column.to_pylist() if v is not None]
+        return out
+    return [path.read_text(encoding="utf-8", errors="replace")]
+
+
+def scan_text(values: list[str], known: set[str] | None = None) -> dict[str, list[str]]:
+    """Hits among plain strings (the Python twin of :func:`scan_frame`): kind -> masked examples.
+    A national ID counts only with a valid GB 11643 check character, as in the tables."""
+    import re
+
+    from jobs.identity import is_valid_id18
+
+    ids, mobiles = re.compile(ID18), re.compile(MOBILE)
+    hits: dict[str, list[str]] = {}
+    for text in values:
+        for m in ids.finditer(text):
+            if is_valid_id18(m.group(0).upper()):
+                hits.setdefault("national_id", []).append(_mask(m.group(0)))
+        for m in mobiles.finditer(text):
+            hits.setdefault("mobile_phone", []).append(_mask(m.group(0)))
+        if not known:
+            continue
+        # A cell is compared whole; a page or a CSV file is searched for every known value.
+        if len(text) < 64:
+            found = [text] if text in known else []
+        else:
+            found = [v for v in known if v and v in text]
+        if found:
+            hits.setdefault("known_value", []).extend(_mask(v) for v in found)
+    return hits
+
+
+def scan_files(root: Path, known: set[str] | None = None) -> dict[str, dict[str, list[str]]]:
+    """Scan every published file under ``root``; {file: {kind: examples}} for files with a hit."""
+    out = {}
+    for path in sorted(p for p in root.rglob("*") if p.suffix in PUBLISHED_SUFFIXES):
+        hits = scan_text(_strings_of_file(path), known)
+        if hits:
+            out[str(path.relative_to(root))] = {k: v[:3] for k, v in hits.items()}
+    return out
+
+
+class PrivacyError(RuntimeError):
+    """An identifier in clear was found in a curated table or a published file."""
+
+
+IDENTIFYING_COLUMNS = ("national_id", "name", "phone", "address")
+
+
+def known_values(path: Path) -> set[str]:
+    """Values to look for as they are: the identifying columns of a Parquet file (the
+    generator's ``persons.parquet``: ID numbers, names, phones, addresses; never its district
+    codes or ages, which published tables rightly hold) or a text file, one value a line."""
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        frame = pd.read_parquet(path)
+        columns = [c for c in IDENTIFYING_COLUMNS if c in frame.columns]
+        if not columns:
+            raise ValueError(f"{path} has none of the columns {IDENTIFYING_COLUMNS}")
+        return {str(v) for c in columns for v in frame[c].dropna() if str(v).strip()}
+    return {line.strip() for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip()}
+
+
+def run(spark: SparkSession, settings: Settings, published_roots: list[Path],
+        known: set[str] | None) -> dict:
+    """Scan every curated table and every published file; PrivacyError on any hit."""
+    tables = scan(spark, settings, known)
+    files = {}
+    for root in published_roots:
+        if root.is_dir():
+            files |= {str(root / f): h for f, h in scan_files(root, known).items()}
+    summary = {"tables_scanned": [t for t in curated_tables(settings)
+                                  if table_exists(spark, settings, t)],
+               "published_roots": [str(r) for r in published_roots],
+               "known_values": len(known or ()), "table_hits": tables, "file_hits": files}
+    if tables or files:
+        lines = [f"{t}.{h['column']}: {h['kind']} in {h['rows']} row(s), e.g. {h['example']}"
+                 for t, hits in tables.items() for h in hits]
+        lines += [f"{f}: {kind}, e.g. {', '.join(ex)}" for f, kinds in files.items()
+                  for kind, ex in kinds.items()]
+        raise PrivacyError("identifiers in clear found:\n  " + "\n  ".join(lines))
+    return summary

@@ -161,6 +161,24 @@ def test_curated_tables_hold_no_identifier_in_clear(spark, settings, resolved_ci
     assert scan(spark, settings, known) == {}
 
 
+def test_published_files_are_scanned_for_identifiers(tmp_path):
+    """The same patterns over exports and reports (CSV, XLSX, Parquet, HTML)."""
+    import pandas as pd_
+
+    from jobs.privacy import scan_files
+
+    clean = pd_.DataFrame({"district": ["香洲区"], "value": [12.5], "key": ["ZHD0001-E1"]})
+    clean.to_csv(tmp_path / "clean.csv", index=False)
+    clean.to_excel(tmp_path / "clean.xlsx", index=False)
+    leaky = clean.assign(note=["call 13800138000"], who=["陈丽"])
+    leaky.to_parquet(tmp_path / "leaky.parquet")
+    (tmp_path / "report.html").write_text("<p>440402198408269509</p>", encoding="utf-8")
+    hits = scan_files(tmp_path, known={"陈丽"})
+    assert set(hits) == {"leaky.parquet", "report.html"}
+    assert set(hits["leaky.parquet"]) == {"mobile_phone", "known_value"}
+    assert set(hits["report.html"]) == {"national_id"}
+
+
 def test_the_scan_finds_identifiers_when_they_are_there(spark):
     from jobs.privacy import scan_frame
 
