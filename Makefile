@@ -11,7 +11,7 @@ SECRET := .secrets/hmac_key
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup demo test lint jars generate check airflow airflow-stop thrift thrift-stop chromium \
-	cluster cluster-stop cluster-demo clean-data clean
+	cluster cluster-stop cluster-demo test-cluster clean-data clean
 
 setup: $(INSTALLED) $(JARS)
 
@@ -39,6 +39,11 @@ demo: setup $(SECRET)
 
 test: setup chromium
 	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+
+# The pipeline on a Spark standalone cluster (master and two workers on loopback) against the
+# local run: tests/test_cluster.py, left out of `make test` for CI's time.
+test-cluster: setup $(SECRET)
+	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py $(PYTEST_ARGS)
 
 # The report test renders the HTML report in headless Chromium (a CJK font for its screenshot).
 chromium:
