@@ -88,14 +88,15 @@ def scan(spark: SparkSession, settings: Settings, known: set[str] | None = None)
 PUBLISHED_SUFFIXES = (".csv", ".xlsx", ".parquet", ".html", ".json")
 
 
-def _strings_of_file(path: Path) -> list[str]:
-    """Every text a published file holds: cell values, metadata, page text."""
+def _strings_of_file(path: Path) -> tuple[list[str], bool]:
+    """Every text a published file holds, and whether they are cells (XLSX, Parquet values,
+    compared whole with known values) rather than documents (CSV, HTML, searched)."""
     if path.suffix == ".xlsx":
         from openpyxl import load_workbook
 
         book = load_workbook(path, read_only=True)
         return [str(v) for sheet in book.worksheets for row in sheet.iter_rows(values_only=True)
-                for v in row if v is not None]
+                for v in row if v is not None], True
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -104,13 +105,15 @@ def _strings_of_file(path: Path) -> list[str]:
         out = [v.decode("utf-8", "replace") for v in meta.values()]
         for column in table.columns:
             out += [str(v) for v in column.to_pylist() if v is not None]
-        return out
-    return [path.read_text(encoding="utf-8", errors="replace")]
+        return out, True
+    return [path.read_text(encoding="utf-8", errors="replace")], False
 
 
-def scan_text(values: list[str], known: set[str] | None = None) -> dict[str, list[str]]:
+def scan_text(values: list[str], known: set[str] | None = None, cells: bool = True
+              ) -> dict[str, list[str]]:
     """Hits among plain strings (the Python twin of :func:`scan_frame`): kind -> masked examples.
-    A national ID counts only with a valid GB 11643 check character, as in the tables."""
+    A national ID counts only with a valid GB 11643 check character, as in the tables. Cells are
+    compared whole with the known values; documents (``cells=False``) are searched for them."""
     import re
 
     from jobs.identity import is_valid_id18
@@ -125,8 +128,7 @@ def scan_text(values: list[str], known: set[str] | None = None) -> dict[str, lis
             hits.setdefault("mobile_phone", []).append(_mask(m.group(0)))
         if not known:
             continue
-        # A cell is compared whole; a page or a CSV file is searched for every known value.
-        if len(text) < 64:
+        if cells:
             found = [text] if text in known else []
         else:
             found = [v for v in known if v and v in text]
@@ -139,7 +141,8 @@ def scan_files(root: Path, known: set[str] | None = None) -> dict[str, dict[str,
     """Scan every published file under ``root``; {file: {kind: examples}} for files with a hit."""
     out = {}
     for path in sorted(p for p in root.rglob("*") if p.suffix in PUBLISHED_SUFFIXES):
-        hits = scan_text(_strings_of_file(path), known)
+        strings, cells = _strings_of_file(path)
+        hits = scan_text(strings, known, cells)
         if hits:
             out[str(path.relative_to(root))] = {k: v[:3] for k, v in hits.items()}
     return out
