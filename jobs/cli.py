@@ -108,15 +108,13 @@ def _per_day(module: str, name: str) -> Callable[[Settings, argparse.Namespace],
 
 
 def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
-    from jobs.contracts import feed_choices
+    from jobs.contracts import check_feeds
     from jobs.ingest import job
     from jobs.spark import get_spark
 
     days = _days(args)
-    unknown = sorted(set(args.feed or []) - set(feed_choices()))
-    if unknown:  # before Spark starts
-        raise ConfigError(f"--feed {', '.join(unknown)}: not a feed; choose from "
-                          f"{', '.join(feed_choices())}")
+    if args.feed:
+        check_feeds(args.feed)  # before Spark starts
     spark = get_spark(settings, app_name="healthlake-ingest")
     return {d.isoformat(): job.run(spark, settings, d, args.feed, args.run_started_at)
             for d in days}

@@ -118,3 +118,11 @@ def feed_choices(contracts: Contracts | None = None) -> list[str]:
     """The feeds an ingest run can be cut to (``healthlake ingest --feed``, one daily-DAG task
     each): every feed of schemas/, then ``unrecognised``."""
     return [*sorted((contracts or load_contracts()).feeds), UNRECOGNISED]
+
+
+def check_feeds(feeds: list[str], contracts: Contracts | None = None) -> None:
+    """A ConfigError naming the choices when ``feeds`` is empty or names no known feed."""
+    choices = feed_choices(contracts)
+    unknown = sorted(set(feeds) - set(choices))
+    if unknown or not feeds:
+        raise ConfigError(f"unknown feed(s) {unknown}: choose from {', '.join(choices)}")

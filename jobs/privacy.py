@@ -72,14 +72,18 @@ def scan_frame(df: DataFrame, known: set[str] | None = None) -> list[dict]:
     return hits
 
 
-def scan(spark: SparkSession, settings: Settings, known: set[str] | None = None) -> dict:
-    """Scan every written curated table; {table: hits} for tables with any hit."""
+def written_curated_tables(spark: SparkSession, settings: Settings) -> list[str]:
+    return [t for t in curated_tables(settings) if table_exists(spark, settings, t)]
+
+
+def scan(spark: SparkSession, settings: Settings, known: set[str] | None = None,
+         tables: list[str] | None = None) -> dict:
+    """Scan every written curated table (or ``tables``); {table: hits} for tables with a hit."""
     out = {}
-    for name in curated_tables(settings):
-        if table_exists(spark, settings, name):
-            hits = scan_frame(read_table(spark, settings, name), known)
-            if hits:
-                out[name] = hits
+    for name in tables if tables is not None else written_curated_tables(spark, settings):
+        hits = scan_frame(read_table(spark, settings, name), known)
+        if hits:
+            out[name] = hits
     return out
 
 
@@ -174,13 +178,13 @@ def known_values(path: Path) -> set[str]:
 def run(spark: SparkSession, settings: Settings, published_roots: list[Path],
         known: set[str] | None) -> dict:
     """Scan every curated table and every published file; PrivacyError on any hit."""
-    tables = scan(spark, settings, known)
+    scanned = written_curated_tables(spark, settings)
+    tables = scan(spark, settings, known, scanned)
     files = {}
     for root in published_roots:
         if root.is_dir():
             files |= {str(root / f): h for f, h in scan_files(root, known).items()}
-    summary = {"tables_scanned": [t for t in curated_tables(settings)
-                                  if table_exists(spark, settings, t)],
+    summary = {"tables_scanned": scanned,
                "published_roots": [str(r) for r in published_roots],
                "known_values": len(known or ()), "table_hits": tables, "file_hits": files}
     if tables or files:

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.config import Settings
-from jobs.contracts import UNRECOGNISED, feed_choices, load_contracts
+from jobs.contracts import UNRECOGNISED, check_feeds, load_contracts
 from jobs.ingest.plan import DayPlan, load_institutions, mark_duplicates_of_loaded, plan_day
 from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
 from jobs.lake import read_table, table_exists, write_table
@@ -267,7 +267,7 @@ def log_predicate(day: str, feeds: list[str] | None, contracts) -> str:
 def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | None = None,
         run_started_at: dt.datetime | None = None) -> dict:
     """Ingest one extract date into bronze, quarantine and ops.ingest_log: every feed, or only
-    ``feeds`` (names from :func:`feed_choices`).
+    ``feeds`` (names from :func:`jobs.contracts.feed_choices`).
 
     ``run_started_at`` (default: now) is the time this run of the day saw the files, written as
     ``ingested_at`` for files no earlier run saw. The daily DAG passes its run's start to every
@@ -280,9 +280,7 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     started = time.perf_counter()
     contracts = load_contracts()
     if feeds is not None:
-        unknown = sorted(set(feeds) - set(feed_choices(contracts)))
-        if unknown or not feeds:
-            raise ValueError(f"unknown feed(s) {unknown}: choose from {feed_choices(contracts)}")
+        check_feeds(feeds, contracts)
     institutions = load_institutions(settings.reference_root)
     plan = plan_day(settings.landing_root, day, contracts, institutions)
     if feeds is not None:
