@@ -10,11 +10,14 @@ import argparse
 import datetime as dt
 import json
 import logging
+import shlex
 import sys
 from collections.abc import Callable
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs.config import ConfigError, Settings, load
+from jobs.operations import LakeBusy
 from jobs.privacy import PrivacyError
 from jobs.quality import QualityError
 
@@ -442,19 +445,64 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write the lake: one at a time (jobs.operations.writer_lock), zones secured first.
+WRITERS = {"ingest", "standardise", "resolve", "curate", "gold", "quality", "maintenance",
+           "check", "demo"}
+
+
+@contextmanager
+def _writing(settings: Settings, command: str, command_line: str):
+    """For a writer: the lake's writer lock and the zones' permissions; else nothing."""
+    if command not in WRITERS:
+        yield
+        return
+    from jobs.operations import secure_zones, writer_lock
+
+    with writer_lock(settings, command_line):
+        secure_zones(settings)
+        yield
+
+
+def _flush_audit(settings: Settings | None, command_line: str) -> None:
+    """Write what the command exported or read of the restricted zone to ops.audit_log,
+    whatever the command's outcome (a failed export may have written files)."""
+    from jobs import audit
+
+    if settings is None or not audit.pending():
+        return
+    from pyspark.sql import SparkSession
+
+    spark = SparkSession.getActiveSession()
+    try:
+        if spark is None:
+            raise RuntimeError("no Spark session")
+        audit.flush(spark, settings, command_line)
+    except Exception:  # never hide the command's own outcome; say loudly what was not logged
+        log.exception("audit: %d event(s) of `%s` NOT written to ops.audit_log",
+                      len(audit.pending()), command_line)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    command_line = shlex.join(["healthlake", *(sys.argv[1:] if argv is None else argv)])
+    settings = None
     try:
         settings = load(Path(args.conf_dir) if args.conf_dir else None)
-        summary = COMMANDS[args.command][0](settings, args)
+        with _writing(settings, args.command, command_line):
+            summary = COMMANDS[args.command][0](settings, args)
     except ConfigError as exc:
         print(f"healthlake: configuration error: {exc}", file=sys.stderr)
         return 2
     except (QualityError, PrivacyError) as exc:
         print(f"healthlake: {exc}", file=sys.stderr)
         return 1
+    except LakeBusy as exc:
+        print(f"healthlake: {exc}", file=sys.stderr)
+        return 4
+    finally:
+        _flush_audit(settings, command_line)
     _print(summary, args.json)
     return 0
 

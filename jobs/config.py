@@ -109,6 +109,9 @@ class Settings:
     publish: dict[str, Any] = field(default_factory=dict)
     # A Spark standalone cluster on loopback (conf/base/cluster.yaml), validated by jobs.cluster.
     cluster: dict[str, Any] = field(default_factory=dict)
+    # The writer lock, zone permissions and the audit log (conf/base/operations.yaml),
+    # validated by jobs.operations.
+    operations: dict[str, Any] = field(default_factory=dict)
     origins: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
     # Values of the environment variables that secrets reference, captured at load time.
     secret_env: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -160,11 +163,25 @@ class Settings:
             return self.secret_env[ref.env].strip()
         if ref.file:
             p = self.path(ref.file)
-            if p.is_file() and p.read_text(encoding="utf-8").strip():
-                return p.read_text(encoding="utf-8").strip()
+            if p.is_file():
+                self._check_secret_file(p, key, where)
+                if p.read_text(encoding="utf-8").strip():
+                    return p.read_text(encoding="utf-8").strip()
         places = [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
         tried = " or ".join(x for x in places if x)
         raise ConfigError(f"secret {name!r} is missing or empty: set {tried} ({key} in {where})")
+
+    def _check_secret_file(self, path: Path, key: str, where: str) -> None:
+        """A secret's file is the pipeline user's alone and lives outside the lake: never in
+        a zone or the landing area, where jobs, backups or analysts could read it."""
+        real = path.resolve()
+        for root in [self.landing_root, *map(self.zone_root, self.paths.zones)]:
+            if real.is_relative_to(root.resolve()):
+                raise ConfigError(f"secret file {path} is inside the lake ({root}); keep it "
+                                  f"outside every zone and the landing area ({key} in {where})")
+        if real.stat().st_mode & 0o077:
+            raise ConfigError(f"secret file {path} can be read by other users (mode "
+                              f"{real.stat().st_mode & 0o777:o}): chmod 600 it ({key} in {where})")
 
 
 # --------------------------------------------------------------------------------------------

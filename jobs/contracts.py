@@ -34,6 +34,9 @@ class SourceProfile:
     encoding: str = "utf-8"
     delimiter: str = ","
     compression: list[Literal["none", "gzip"]] = field(default_factory=lambda: ["none"])
+    # A file above this size is quarantined unread (F_OVERSIZED): a whole database dumped by
+    # mistake must not take an executor's memory.
+    max_file_mib: int = 1024
 
     def code_for_sex(self, sex: str) -> str:
         """The first source code that means ``sex`` ('male', 'female', 'unknown')."""

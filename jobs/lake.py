@@ -22,10 +22,15 @@ def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
 
 
 def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
-    """Read a catalogued table; a clear error if it has never been written."""
+    """Read a catalogued table; a clear error if it has never been written. Reads of the
+    restricted zone are recorded for the audit log (:mod:`jobs.audit`)."""
     if not table_exists(spark, settings, name):
         raise FileNotFoundError(
             f"table {name} has not been written yet (expected at {settings.table_path(name)})")
+    if settings.table(name).zone == "restricted":
+        from jobs import audit
+
+        audit.record_read(settings, name)
     return spark.read.format("delta").load(str(settings.table_path(name)))
 
 
@@ -47,13 +52,15 @@ def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "ap
 
 # Columns that say when or by which run a row was written, not what it holds.
 RUN_COLUMNS = ("run_id", "read_ms", "validated_at", "seconds")
+# Tables that record runs (who ran what, when), not data: no two runs leave the same rows.
+RUN_LOG_TABLES = ("ops.audit_log",)
 
 
 def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...] = RUN_COLUMNS
                 ) -> dict[str, tuple[int, int]]:
     """Every written table of the catalogue -> (rows, order-independent hash of its rows), run
-    columns left out: two lakes (or one lake before and after a re-run) with the same
-    fingerprint hold the same rows."""
+    columns and run logs (``RUN_LOG_TABLES``) left out: two lakes (or one lake before and after
+    a re-run) with the same fingerprint hold the same rows."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType
 
@@ -64,7 +71,7 @@ def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...]
 
     out = {}
     for name in sorted(settings.tables):
-        if not table_exists(spark, settings, name):
+        if name in RUN_LOG_TABLES or not table_exists(spark, settings, name):
             continue
         df = read_table(spark, settings, name)
         cols = [hashable(f) for f in df.schema.fields if f.name not in ignore]

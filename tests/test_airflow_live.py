@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from jobs.background import free_port
-from tests.conftest import SMALL_DAYS, lake_like, make_settings, settings_env
+from tests.conftest import SMALL_DAYS, TEST_SECRET, lake_like, make_settings, settings_env
 
 D1, D2 = SMALL_DAYS
 # Spark settings for tiny data in every spark-submit the tasks start.
@@ -125,3 +125,9 @@ def test_a_real_scheduler_runs_two_days_from_the_rest_api_and_reruns_change_noth
         assert again == after_day2
     finally:
         local.stop()
+    # The HMAC key reached every task through the environment: never Airflow's database
+    # (rendered fields, XComs, DAG runs' conf) nor its task logs.
+    key = TEST_SECRET.encode("utf-8")
+    state = [p for p in local.home.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".db" for p in state) and any(p.suffix == ".log" for p in state)
+    assert [p for p in state if key in p.read_bytes()] == []

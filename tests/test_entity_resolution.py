@@ -235,3 +235,61 @@ def test_the_same_encounter_sent_twice_is_one_encounter(tmp_path, spark):
     assert got.loc["E1", "total_fee"] == 12.0
     assert got.loc["E1", "first_seen_date"] == dt.date(2024, 4, 15)
     assert "patient_no" not in got.columns and (got["person_id"] == "Pa").all()
+
+
+def test_person_ids_are_keyed_hashes_never_plain_sha256_of_identity_numbers(
+        spark, settings, resolved_city):
+    """A plain SHA-256 of a national ID can be recomputed by anyone holding a list of IDs; the
+    stored person id is an HMAC under the secret key, so it cannot."""
+    from jobs.privacy import curated_tables, scan
+    from jobs.silver.pseudonym import hmac_key
+
+    truth = pd.read_parquet(settings.ground_truth_root / "persons.parquet")
+    ids = set(truth["national_id"].dropna())
+    plain = {hashlib.sha256(i.encode("utf-8")).hexdigest() for i in ids}
+    plain |= {h[:24] for h in plain} | {"P" + h[:24] for h in plain}
+    assert scan(spark, settings, plain) == {}, "plain SHA-256 of an identity number is stored"
+
+    keyed = {person_id(hmac_key(settings), i) for i in ids}
+    stored = {r["person_id"] for r in read_table(spark, settings, "silver.person")
+              .select("person_id").collect()}
+    assert len(stored & keyed) > 0.5 * len(stored), "person ids are the keyed hash of the ID"
+    assert any(t.startswith("silver.") for t in curated_tables(settings))
+
+
+def test_privacy_run_passes_the_lake_and_fails_on_a_leaky_export(spark, settings,
+                                                                 resolved_city, tmp_path):
+    """`healthlake privacy-scan`: every curated table and published file, against the patterns
+    and the ground truth; a leaked identity number in an export fails it, naming the file."""
+    from jobs import privacy
+
+    known = privacy.known_values(settings.ground_truth_root / "persons.parquet")
+    (tmp_path / "ok.csv").write_text("district,value\n440402,12.5\n", encoding="utf-8")
+    summary = privacy.run(spark, settings, [tmp_path], known)
+    assert "silver.person" in summary["tables_scanned"] and summary["known_values"] > 1000
+
+    leaked = sorted(pd.read_parquet(settings.ground_truth_root / "persons.parquet")
+                    ["national_id"].dropna())[0]
+    (tmp_path / "leak.csv").write_text(f"id,value\n{leaked},1\n", encoding="utf-8")
+    with pytest.raises(privacy.PrivacyError, match="leak.csv: national_id") as failed:
+        privacy.run(spark, settings, [tmp_path], known)
+    assert leaked not in str(failed.value), "the report masks what it found"
+
+
+def test_the_hmac_key_is_written_nowhere_in_the_lake(settings, lake_root, resolved_city):
+    """Every file under the lake (every zone, Delta logs, checkpoints, Parquet values) is
+    searched for the key the run used: it travels in the pseudonymising function's closure
+    only."""
+    import pyarrow.parquet as pq
+
+    from tests.conftest import TEST_SECRET
+
+    key = TEST_SECRET.encode("utf-8")
+    files = [p for p in lake_root.rglob("*") if p.is_file()]
+    assert len(files) > 100
+    assert [p for p in files if key in p.read_bytes()] == []
+    for p in (p for p in files if p.suffix == ".parquet"):
+        table = pq.read_table(p)
+        for column in table.columns:
+            if column.type == "string":
+                assert TEST_SECRET not in set(column.to_pylist()), p

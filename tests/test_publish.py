@@ -311,3 +311,42 @@ def test_thrift_server_serves_the_curated_tables_over_jdbc(spark, gold_lake, lak
     finally:
         thrift.stop(settings)
     assert not thrift.status(settings)["running"]
+
+
+def test_exports_and_restricted_reads_are_audited_in_an_append_only_table(
+        spark, gold_lake, lake_root, monkeypatch, tmp_path):
+    """`healthlake export` and a command that reads the restricted zone each leave a row in
+    ops.audit_log (who, when, what, how many rows), which Delta refuses to change."""
+    import getpass
+
+    from delta.tables import DeltaTable
+
+    from jobs import audit, cli
+    from tests.conftest import settings_env
+
+    for key, value in settings_env(lake_root).items():
+        monkeypatch.setenv(key, value)
+    audit._pending.clear()  # reads by earlier tests of this process: not this command's
+    argv = ["export", "gold.index_score", "--period", str(YEAR), "--format", "csv", "--out",
+            str(tmp_path)]
+    assert cli.main(argv) == 0
+    exported = pd.read_csv(tmp_path / "gold.index_score.csv", comment="#")
+    read_table(spark, gold_lake, "restricted.identity")  # as a command reading the zone would
+    audit.flush(spark, gold_lake, "healthlake resolve --date 2024-04-16")
+
+    log = read_table(spark, gold_lake, "ops.audit_log").toPandas()
+    export_row = log[log["action"] == "export"].iloc[-1]
+    assert export_row["target"] == str(tmp_path / "gold.index_score.csv")
+    assert export_row["rows"] == len(exported)
+    assert export_row["command"] == "healthlake " + " ".join(argv)
+    assert export_row["os_user"] == getpass.getuser() and pd.notna(export_row["at"])
+    read_row = log[(log["action"] == "read_restricted")
+                   & (log["target"] == "restricted.identity")].iloc[-1]
+    assert read_row["rows"] == read_table(spark, gold_lake, "restricted.identity").count()
+    assert read_row["table_version"] >= 0
+    assert not audit.pending()
+
+    table = DeltaTable.forPath(spark, str(gold_lake.table_path("ops.audit_log")))
+    with pytest.raises(Exception, match="append"):
+        table.delete("true")
+    assert len(read_table(spark, gold_lake, "ops.audit_log").toPandas()) == len(log)

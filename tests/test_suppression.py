@@ -14,10 +14,12 @@ from jobs.publish.suppression import (
     COMPLEMENTARY,
     PRIMARY,
     SUPPRESSED,
+    SuppressionError,
     equations,
     primary,
     recoverable,
     suppress,
+    verify,
 )
 from tests.conftest import make_settings
 
@@ -87,6 +89,33 @@ def test_primary_alone_is_recoverable_from_totals_complements_protect_it():
                                   TABLE.loc[~hidden, ["numerator", "value"]].astype(float))
     # The grand total is still published: the complements are cells, not totals.
     assert pd.isna(cell(out, None, None)[SUPPRESSED])
+
+
+def test_what_is_published_is_verified_whatever_suppressed_it(monkeypatch, tmp_path):
+    """Every export and report checks its tables as published: a small count shown, or a
+    suppressed cell that totals give back, stops it before anything is written."""
+    from jobs.publish import export
+    from jobs.publish import suppression as S
+
+    verify(suppress(TABLE, GRAINS, RULE), GRAINS, RULE)  # well protected: passes
+    shown = TABLE.assign(**{SUPPRESSED: None})
+    with pytest.raises(SuppressionError, match="under k=10 would be published"):
+        verify(shown, GRAINS, RULE)
+    out = suppress(TABLE, GRAINS, RULE)
+    naive = TABLE.assign(**{SUPPRESSED: out[SUPPRESSED].where(out[SUPPRESSED] == PRIMARY)})
+    with pytest.raises(SuppressionError, match="could be recomputed"):
+        verify(naive, GRAINS, RULE)
+
+    # The export path itself: with complements switched off, it refuses.
+    spec = load_publish(make_settings(tmp_path))
+    rows = TABLE.assign(metric_id="m", period_type="year", period="2024")
+    for c in export.GRAIN_COLUMNS:
+        if c not in rows.columns:
+            rows[c] = None
+    export.suppress_metric_rows(rows, None, rows, spec)  # as configured: passes
+    monkeypatch.setattr(S, "complementary", lambda first, sizes, eqs: first & False)
+    with pytest.raises(SuppressionError):
+        export.suppress_metric_rows(rows, None, rows, spec)
 
 
 def test_nothing_is_suppressed_when_every_cell_reaches_k():

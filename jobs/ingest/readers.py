@@ -121,6 +121,9 @@ class _Parsed:
 
 def read_landed_file(f: LandedFile, contract: FeedContract, profile: SourceProfile) -> FileOutcome:
     """Read, check and canonicalise one file. Never raises for bad data: it reports it."""
+    oversized = _oversized(f, profile)
+    if oversized:
+        return oversized
     data = Path(f.path).read_bytes()
     sha = hashlib.sha256(data).hexdigest()
     out = FileOutcome(bronze=None, sha256=sha, n_bytes=len(data))
@@ -154,6 +157,27 @@ def read_landed_file(f: LandedFile, contract: FeedContract, profile: SourceProfi
         out.status, out.file_rule, out.rows_in = "quarantined", rej.rule_id, rej.rows_in
         out.bronze = None
         out.quarantine = [_qrow(f, sha, None, rej.rule_id, rej.message, rej.raw or _head(data))]
+    return out
+
+
+def _oversized(f: LandedFile, profile: SourceProfile) -> FileOutcome | None:
+    """A file over the profile's size limit, quarantined without reading it (its head only)."""
+    size = Path(f.path).stat().st_size
+    if size <= profile.max_file_mib * 2**20:
+        return None
+    digest = hashlib.sha256()
+    with open(f.path, "rb") as fh:  # hashed in chunks, never held in memory
+        head = fh.read(300)
+        digest.update(head)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    sha = digest.hexdigest()
+    out = FileOutcome(bronze=None, sha256=sha, n_bytes=size, status="quarantined",
+                      file_rule="F_OVERSIZED", rows_in=0)
+    out.quarantine = [_qrow(f, sha, None, "F_OVERSIZED",
+                            f"{f.source_file} is {size / 2**20:,.0f} MiB, over the "
+                            f"{profile.max_file_mib} MiB its source profile allows; not read "
+                            f"(the manifest lists {f.manifest_rows} rows)", _head(head))]
     return out
 
 

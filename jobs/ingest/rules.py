@@ -26,6 +26,8 @@ RULES: dict[str, Rule] = {r.rule_id: r for r in [
     Rule("F_ENCODING", "file", "The file is not in the encoding its source contract declares."),
     Rule("F_COLUMNS", "file", "Columns the contract expects are missing or renamed."),
     Rule("F_UNLISTED", "file", "The file is not listed in the institution's manifest."),
+    Rule("F_OVERSIZED", "file",
+         "The file is larger than its source profile allows (max_file_mib): not read at all."),
     Rule("R_FIELDS", "row", "The row has a different number of fields than the header."),
     Rule("R_QUOTING", "row", "The row has unbalanced quotes."),
     Rule("R_DECODE", "row", "The row holds bytes that are not valid in the declared encoding."),

@@ -29,11 +29,12 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from jobs import audit
 from jobs.config import ConfigError, Settings
 from jobs.gold.catalogue import Metric, MetricCatalogue, load_catalogue
 from jobs.gold.metrics import GRAIN_COLUMNS, Period
 from jobs.publish.settings import PublishedTable, PublishSettings, exports_root, load_publish
-from jobs.publish.suppression import SUPPRESSED, suppress
+from jobs.publish.suppression import SUPPRESSED, suppress, verify
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -155,7 +156,9 @@ def suppress_metric_rows(rows: pd.DataFrame, metric: Metric | None, all_rows: pd
             keys = ["period_type", "period", *[g for g in GRAIN_COLUMNS if g != "age_band"]]
             counts = cube[keys].merge(crude[keys + rule.count_columns], on=keys, how="left")
             counts.index = cube.index
-        parts.append(suppress(cube, GRAIN_COLUMNS, rule, counts))
+        done = suppress(cube, GRAIN_COLUMNS, rule, counts)
+        verify(done, GRAIN_COLUMNS, rule, counts)  # as published, whatever suppress() did
+        parts.append(done)
     if not parts:
         return rows.assign(**{SUPPRESSED: pd.Series(dtype=object)})
     return pd.concat(parts)
@@ -370,6 +373,11 @@ def run(spark: SparkSession, settings: Settings, names: list[str], period_text: 
     target = out_dir or exports_root(settings, spec) / period.label
     stem = names[0].replace(".", "_") if len(names) == 1 else "healthlake-export"
     paths = write(export, spec, fmt, target, stem)
+    rows_per_file = ([sum(len(s.rows) for s in export.sheets)] if fmt == "xlsx"
+                     else [len(s.rows) for s in export.sheets])
+    for path, rows in zip(paths, rows_per_file, strict=True):
+        audit.record_export(path, rows, names=names, period=period.label, format=fmt,
+                            source=export.header.get("source"))
     suppressed = {s.name: int(s.rows[SUPPRESSED].notna().sum()) for s in export.sheets
                   if SUPPRESSED in s.rows.columns}
     summary = {"period": period.label, "format": fmt, "files": [str(p) for p in paths],

@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import pandas as pd
 
+from jobs import audit
 from jobs.config import Settings
 from jobs.gold.catalogue import MetricCatalogue, band_bounds, load_catalogue
 from jobs.gold.metrics import GRAIN_COLUMNS
@@ -533,6 +534,8 @@ def run(spark: SparkSession, settings: Settings, year: int, out: Path | None = N
     path = out or reports_root(settings, spec) / f"healthlake-report-{year}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
+    audit.record_export(path, len(data.metrics) + len(data.index_scores) + len(data.dq), year=year,
+                        sources=data.versions)
     summary = {"year": year, "report": str(path), "bytes": len(page.encode("utf-8")),
                "charts": page.count('<figure class="chart"'),
                "suppressed_cells": int(data.metrics[SUPPRESSED].notna().sum())}

@@ -32,6 +32,11 @@ import pandas as pd
 
 from jobs.publish.settings import SuppressionRule
 
+
+class SuppressionError(RuntimeError):
+    """A table about to be published shows a small count or lets one be recomputed."""
+
+
 PRIMARY = "primary"
 COMPLEMENTARY = "complementary"
 SUPPRESSED = "suppressed"
@@ -136,3 +141,22 @@ def recoverable(table: pd.DataFrame, grain_columns: list[str],
         if len(inside) == 1:
             out.append(inside[0])
     return out
+
+
+def verify(table: pd.DataFrame, grain_columns: list[str], rule: SuppressionRule,
+           counts: pd.DataFrame | None = None) -> None:
+    """Check a suppressed table as it will be published, independently of how it was
+    suppressed: no shown cell has a count of 1 .. k-1 and no suppressed cell can be recomputed
+    by subtraction. Every export and report calls it; :class:`SuppressionError` otherwise."""
+    counts = table if counts is None else counts
+    shown = table[SUPPRESSED].isna()
+    small = primary(counts, rule) & shown
+    if small.any():
+        raise SuppressionError(
+            f"{int(small.sum())} cell(s) with a count under k={rule.k} would be published "
+            f"(rows {list(table.index[small])[:5]}): nothing was written")
+    back = recoverable(table, grain_columns, rule.implied_grains)
+    if back:
+        raise SuppressionError(
+            f"{len(back)} suppressed cell(s) could be recomputed from the published totals "
+            f"(rows {back[:5]}): nothing was written")

@@ -1,0 +1,121 @@
+"""The audit log: every export and every read of the restricted zone by a command, in
+``ops.audit_log``, an append-only Delta table (``delta.appendOnly``: Delta itself refuses to
+update or delete its rows).
+
+A row says who (the operating-system user, and the Airflow DAG, task and run when a task ran
+the command), when, what (the command line, the action, the table or file), and how many rows
+(the rows of the file written, or of the restricted table at the version read).
+
+Events are collected while a command runs (:func:`record_export`, and :func:`record_read`,
+called by :func:`jobs.lake.read_table` for every restricted table) and written in one commit
+when the command ends (:func:`flush`, called by the CLI whatever the outcome), so auditing
+adds one small commit to a command, not one per read.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import json
+import logging
+import os
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs.config import Settings
+
+log = logging.getLogger(__name__)
+
+AUDIT_TABLE = "ops.audit_log"
+COLUMNS = ("audit_date date, at timestamp, os_user string, host string, airflow_dag string, "
+           "airflow_task string, airflow_run string, command string, action string, "
+           "target string, table_version long, rows long, detail string")
+
+
+@dataclass
+class Event:
+    action: str                 # export | read_restricted
+    target: str                 # a file written, or a restricted table read
+    rows: int | None = None     # rows written; for reads, counted at flush
+    table_version: int | None = None
+    detail: str | None = None
+    at: dt.datetime | None = None
+    path: str | None = None     # the table's folder, for counting a read at its version
+
+
+_pending: list[Event] = []
+
+
+def pending() -> list[Event]:
+    return list(_pending)
+
+
+def record_export(path: Path | str, rows: int, **detail) -> None:
+    """A file this command published (export, workbook, report), with its data rows."""
+    _pending.append(Event("export", str(path), int(rows),
+                          detail=json.dumps(detail, ensure_ascii=False, default=str) or None,
+                          at=_now()))
+
+
+def record_read(settings: Settings, name: str) -> None:
+    """A read of a restricted table (by :func:`jobs.lake.read_table`); once per table and
+    version in a command. Nothing when ``operations.audit`` is off."""
+    from jobs.operations import operations_settings
+
+    if not operations_settings(settings).audit:
+        return
+    path = settings.table_path(name)
+    version = delta_version(path)
+    if any(e.action == "read_restricted" and e.target == name and e.table_version == version
+           for e in _pending):
+        return
+    _pending.append(Event("read_restricted", name, table_version=version, at=_now(),
+                          path=str(path)))
+
+
+def delta_version(table_path: Path) -> int | None:
+    """The latest committed version of a Delta table, from its log's file names."""
+    versions = [int(p.name.split(".")[0]) for p in (Path(table_path) / "_delta_log").glob("*.json")
+                if p.name.split(".")[0].isdigit()]
+    return max(versions) if versions else None
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def flush(spark, settings: Settings, command: str | None = None) -> int:
+    """Write the events collected so far to ops.audit_log in one append; returns how many."""
+    if not _pending:
+        return 0
+    events = list(_pending)
+    for e in events:
+        if e.action == "read_restricted" and e.rows is None and e.path:
+            e.rows = (spark.read.format("delta").option("versionAsOf", e.table_version)
+                      .load(e.path).count() if e.table_version is not None else 0)
+    who = _who(command)
+    rows = [(e.at.date(), e.at, *who, e.action, e.target, e.table_version, e.rows, e.detail)
+            for e in events]
+    write(spark, settings, spark.createDataFrame(rows, COLUMNS))
+    del _pending[:len(events)]
+    return len(rows)
+
+
+def _who(command: str | None) -> tuple:
+    env = os.environ
+    return (getpass.getuser(), socket.gethostname(), env.get("AIRFLOW_CTX_DAG_ID"),
+            env.get("AIRFLOW_CTX_TASK_ID"), env.get("AIRFLOW_CTX_DAG_RUN_ID"),
+            command or " ".join(["healthlake", *sys.argv[1:]]))
+
+
+def write(spark, settings: Settings, rows) -> None:
+    """Append to the audit table, created append-only on first use."""
+    from delta.tables import DeltaTable
+
+    path = str(settings.table_path(AUDIT_TABLE))
+    (DeltaTable.createIfNotExists(spark).location(path).addColumns(rows.schema)
+     .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
+     .property("delta.appendOnly", "true").execute())
+    rows.write.format("delta").mode("append").save(path)
