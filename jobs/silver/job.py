@@ -255,8 +255,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     where = f"extract_date = DATE'{day}'"
     contracts = load_contracts()
     ctx = make_context(settings)
-    writes, issue_frames, persisted, counts = [], [], [], {}
-    for feed, contract in sorted(contracts.feeds.items()):
+    def one_feed(feed: str, contract) -> tuple:
         bronze_name, target = f"bronze.{feed}", f"silver_std.{feed}"
         # A feed nobody has sent yet still gets its (empty) typed table, so curate and gold
         # find every table from the first day on.
@@ -264,7 +263,6 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
         bronze = (read_table(spark, settings, bronze_name).where(where) if has_bronze
                   else empty_bronze(spark, contract))
         std = standardise_feed(bronze, contract, ctx).persist(StorageLevel.MEMORY_AND_DISK)
-        persisted.append(std)
         typed, issues = split(std, feed)
         n_bronze = bronze.count()
         # One pass over the persisted rows: what goes to silver_std, what is rejected.
@@ -277,11 +275,20 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
              else F.lit(None)).alias("n_invalid_national_id")).first()
         by_rule = {f"{r['rule_id']} {r['action']}": r["count"] for r in
                    issues.groupBy("rule_id", "action").count().orderBy("rule_id").collect()}
-        counts[feed] = {"n_bronze": n_bronze, "n_silver": agg["n_silver"],
-                        "n_rejected": agg["n_rejected"],
-                        "n_invalid_national_id": agg["n_invalid_national_id"], "issues": by_rule}
-        writes.append((typed, target))
-        issue_frames.append(issues)
+        counts = {"n_bronze": n_bronze, "n_silver": agg["n_silver"],
+                  "n_rejected": agg["n_rejected"],
+                  "n_invalid_national_id": agg["n_invalid_national_id"], "issues": by_rule}
+        return feed, std, typed, target, issues, counts
+
+    # Feeds side by side: each is a few small Spark jobs that leave cores idle one at a time.
+    feeds = sorted(contracts.feeds.items())
+    with ThreadPoolExecutor(max_workers=max(2, min(4, spark.sparkContext.defaultParallelism))) \
+            as pool:
+        done = list(pool.map(lambda item: one_feed(*item), feeds))
+    persisted = [std for _, std, *_ in done]
+    writes = [(typed, target) for _, _, typed, target, _, _ in done]
+    issue_frames = [issues for *_, issues, _ in done]
+    counts = {feed: c for feed, *_, c in done}
     bad = {f: c for f, c in counts.items() if c["n_bronze"] != c["n_silver"] + c["n_rejected"]}
     if bad:
         for df in persisted:
