@@ -11,7 +11,7 @@ SECRET := .secrets/hmac_key
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: setup demo test lint jars generate check airflow airflow-stop thrift thrift-stop chromium \
-	cluster cluster-stop cluster-demo test-cluster clean-data clean
+	cluster cluster-stop cluster-demo test-cluster test-faults clean-data clean
 
 setup: $(INSTALLED) $(JARS)
 
@@ -44,6 +44,11 @@ test: setup chromium
 # local run: tests/test_cluster.py, left out of `make test` for CI's time.
 test-cluster: setup $(SECRET)
 	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py $(PYTEST_ARGS)
+
+# The whole fault-injection suite: every stage killed, the day run a third time, a late
+# institution (make test kills two stages and leaves the whole-day re-runs out, for CI's time).
+test-faults: setup
+	HEALTHLAKE_FAULT_STAGES=all $(BIN)/python -m pytest -q -m 'not cluster' tests/faults $(PYTEST_ARGS)
 
 # The report test renders the HTML report in headless Chromium (a CJK font for its screenshot).
 chromium:

@@ -116,6 +116,7 @@ def test_secret_from_environment_then_file_and_missing_is_an_error(conf_dir, tmp
         load(conf_dir, environ={}).secret("hmac_key")
     assert "HL_TEST_KEY" in str(err.value) and str(key_file) in str(err.value)
     key_file.write_text("   \n")
+    key_file.chmod(0o600)  # a key file others can read is refused (tests/test_operations.py)
     with pytest.raises(ConfigError, match="missing or empty"):
         load(conf_dir, environ={}).secret("hmac_key")  # an empty secret is no secret
     key_file.write_text("from-file\n")

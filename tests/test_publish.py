@@ -333,6 +333,7 @@ def test_exports_and_restricted_reads_are_audited_in_an_append_only_table(
     exported = pd.read_csv(tmp_path / "gold.index_score.csv", comment="#")
     read_table(spark, gold_lake, "restricted.identity")  # as a command reading the zone would
     audit.flush(spark, gold_lake, "healthlake resolve --date 2024-04-16")
+    assert not audit.pending()
 
     log = read_table(spark, gold_lake, "ops.audit_log").toPandas()
     export_row = log[log["action"] == "export"].iloc[-1]
@@ -344,7 +345,6 @@ def test_exports_and_restricted_reads_are_audited_in_an_append_only_table(
                    & (log["target"] == "restricted.identity")].iloc[-1]
     assert read_row["rows"] == read_table(spark, gold_lake, "restricted.identity").count()
     assert read_row["table_version"] >= 0
-    assert not audit.pending()
 
     table = DeltaTable.forPath(spark, str(gold_lake.table_path("ops.audit_log")))
     with pytest.raises(Exception, match="append"):

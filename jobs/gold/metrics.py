@@ -20,7 +20,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -568,11 +567,11 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
     periods = sorted(periods or periods_touched(spark, settings, extract_date))
     tables = read_tables(spark, settings)
-
-    def compute(period: Period) -> tuple[Period, DataFrame, dict[str, int]] | None:
+    rows = {}
+    for period in periods:
         wanted = set(metrics_for(catalogue, period.type))
         if not wanted:
-            return None
+            continue
         inputs = inputs_for(tables, catalogue, period)
         frames = [fn(inputs) for mid, fn in METRICS.items() if mid in wanted]
         frames += [fn(inputs) for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
@@ -580,26 +579,12 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         for f in frames[1:]:
             out = out.unionByName(f)
         out = out.cache()
-        counts = {r["metric_id"]: r["count"] for r in
-                  out.groupBy("metric_id").count().orderBy("metric_id").collect()}
+        rows[period.label] = {r["metric_id"]: r["count"] for r in
+                              out.groupBy("metric_id").count().orderBy("metric_id").collect()}
+        write_table(out, settings, "gold.metric_value",
+                    replace_where=f"period_type = '{period.type}' AND period = '{period.label}'")
+        out.unpersist()
         watch.lap(period.label)
-        return period, out, counts
-
-    # Periods are planned and computed side by side (small jobs leave cores idle one at a time),
-    # then written in one commit that replaces exactly those periods.
-    with ThreadPoolExecutor(max_workers=max(2, spark.sparkContext.defaultParallelism)) as pool:
-        done = [r for r in pool.map(compute, periods) if r is not None]
-    rows = {period.label: counts for period, _, counts in done}
-    if done:
-        combined = done[0][1]
-        for _, out, _ in done[1:]:
-            combined = combined.unionByName(out)
-        where = " OR ".join(f"(period_type = '{p.type}' AND period = '{p.label}')"
-                            for p, _, _ in done)
-        write_table(combined, settings, "gold.metric_value", replace_where=where)
-        for _, out, _ in done:
-            out.unpersist()
-        watch.lap("write")
     summary = {"extract_date": extract_date.isoformat(), "periods": [p.label for p in periods],
                "years": sorted({p.start.year for p in periods}), "rows": rows,
                "seconds": watch.total}
