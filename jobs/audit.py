@@ -66,20 +66,15 @@ def record_read(settings: Settings, name: str) -> None:
 
     if not operations_settings(settings).audit:
         return
+    from jobs.lake import table_version
+
     path = settings.table_path(name)
-    version = delta_version(path)
+    version = table_version(settings, name)
     if any(e.action == "read_restricted" and e.target == name and e.table_version == version
            for e in _pending):
         return
     _pending.append(Event("read_restricted", name, table_version=version, at=_now(),
                           path=str(path)))
-
-
-def delta_version(table_path: Path) -> int | None:
-    """The latest committed version of a Delta table, from its log's file names."""
-    versions = [int(p.name.split(".")[0]) for p in (Path(table_path) / "_delta_log").glob("*.json")
-                if p.name.split(".")[0].isdigit()]
-    return max(versions) if versions else None
 
 
 def _now() -> dt.datetime:

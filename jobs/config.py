@@ -165,8 +165,8 @@ class Settings:
             p = self.path(ref.file)
             if p.is_file():
                 self._check_secret_file(p, key, where)
-                if p.read_text(encoding="utf-8").strip():
-                    return p.read_text(encoding="utf-8").strip()
+                if value := p.read_text(encoding="utf-8").strip():
+                    return value
         places = [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
         tried = " or ".join(x for x in places if x)
         raise ConfigError(f"secret {name!r} is missing or empty: set {tried} ({key} in {where})")

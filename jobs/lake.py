@@ -21,6 +21,14 @@ def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
     return path.exists() and DeltaTable.isDeltaTable(spark, str(path))
 
 
+def table_version(settings: Settings, name: str) -> int | None:
+    """A catalogued table's latest committed Delta version, from its log's file names (no Spark
+    job); None when it has never been written."""
+    log_dir = settings.table_path(name) / "_delta_log"
+    versions = [int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()]
+    return max(versions) if versions else None
+
+
 def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
     """Read a catalogued table; a clear error if it has never been written. Reads of the
     restricted zone are recorded for the audit log (:mod:`jobs.audit`)."""

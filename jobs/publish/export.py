@@ -317,14 +317,10 @@ def _excel_value(value: object) -> object:
 def read_rows(spark: SparkSession, settings: Settings, table: str, spec: PublishSettings,
               period: Period) -> tuple[pd.DataFrame, int | None]:
     """A table's rows of the period (pandas) and the Delta version read."""
-    from delta.tables import DeltaTable
-
-    from jobs.lake import read_table
+    from jobs.lake import read_table, table_version
 
     df = read_table(spark, settings, table).where(period_filter(spec.tables[table], period))
-    version = (DeltaTable.forPath(spark, str(settings.table_path(table))).history(1)
-               .select("version").first())
-    return df.toPandas(), (int(version["version"]) if version else None)
+    return df.toPandas(), table_version(settings, table)
 
 
 def prepare(spark: SparkSession, settings: Settings, names: list[str], period: Period,

@@ -475,16 +475,10 @@ def render(data: ReportData, catalogue: MetricCatalogue, spec: PublishSettings,
 def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishSettings,
               catalogue: MetricCatalogue) -> ReportData:
     """Read the gold tables the report needs (yearly rows up to ``year``) and suppress."""
-    from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
     from jobs.gold.scorecard import rollup
-    from jobs.lake import read_table, table_exists
-
-    def version(name: str) -> int | None:
-        row = (DeltaTable.forPath(spark, str(settings.table_path(name))).history(1)
-               .select("version").first())
-        return int(row["version"]) if row else None
+    from jobs.lake import read_table, table_exists, table_version
 
     if not table_exists(spark, settings, "gold.metric_value"):
         raise FileNotFoundError("gold.metric_value has not been written: run `healthlake gold`")
@@ -494,13 +488,13 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
     if not (metrics["period"].astype(str) == str(year)).any():
         raise FileNotFoundError(f"gold.metric_value holds no yearly metrics of {year}: run "
                                 f"`healthlake gold --year {year}`")
-    versions = {"gold.metric_value": version("gold.metric_value")}
+    versions = {"gold.metric_value": table_version(settings, "gold.metric_value")}
     scores = pd.DataFrame(columns=["year", "area_level", "area_code", "index_name", "score",
                                    "rank", "change"])
     if table_exists(spark, settings, "gold.index_score"):
         scores = (read_table(spark, settings, "gold.index_score")
                   .where(F.col("year") <= year).toPandas())
-        versions["gold.index_score"] = version("gold.index_score")
+        versions["gold.index_score"] = table_version(settings, "gold.index_score")
     dq = pd.DataFrame(columns=["metric_id", "level", "code", "numerator", "denominator",
                                "value"])
     if table_exists(spark, settings, "gold.dq_scorecard"):
@@ -514,7 +508,7 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
                  .withColumnRenamed("tier", "code")]
         cols = ["metric_id", "level", "code", "numerator", "denominator", "value"]
         dq = pd.concat([p.select(*cols).toPandas() for p in parts], ignore_index=True)
-        versions["gold.dq_scorecard"] = version("gold.dq_scorecard")
+        versions["gold.dq_scorecard"] = table_version(settings, "gold.dq_scorecard")
     return ReportData(year, suppress_all(metrics, catalogue, spec), scores, dq, versions,
                       dt.datetime.now(ZoneInfo(settings.timezone)))
 

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.audit import delta_version
 from jobs.config import PROJECT_ROOT, Settings
-from jobs.lake import RUN_COLUMNS, fingerprint, read_table, table_exists
+from jobs.lake import RUN_COLUMNS, fingerprint, read_table, table_exists, table_version
 from jobs.operations import lock_path, writer_lock
 from tests.conftest import SMALL_DAYS, lake_like, settings_env
 
@@ -204,7 +203,7 @@ def test_a_late_institution_loads_on_the_next_run_and_its_periods_are_recomputed
     lake = killed_lake["lake"]
     with tally("late_institution"):
         before = fingerprint(spark, lake, WHEN)
-        metric_version = delta_version(lake.table_path("gold.metric_value"))
+        metric_version = table_version(lake, "gold.metric_value")
         log_before = read_table(spark, lake, "ops.ingest_log").toPandas()
         moved = deliver_late(lake, D1)
         assert moved, "the small city holds back one institution's first day"
@@ -239,4 +238,4 @@ def test_a_late_institution_loads_on_the_next_run_and_its_periods_are_recomputed
                   .where("delivery_status IS NOT NULL").collect()}
         assert status == {"late"}, status
         # The periods of the day were recomputed (a new commit), even where no value changed.
-        assert delta_version(lake.table_path("gold.metric_value")) > metric_version
+        assert table_version(lake, "gold.metric_value") > metric_version
