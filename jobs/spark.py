@@ -92,6 +92,13 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict 
     return spark
 
 
+def parallel_jobs(spark, per_core: int = 1, most: int = 4) -> int:
+    """How many Spark jobs a job submits side by side from its driver threads (feeds, metrics,
+    table commits): at least two, so planning one overlaps running another, ``per_core`` per
+    core of the session, at most ``most``."""
+    return max(2, min(most, spark.sparkContext.defaultParallelism * per_core))
+
+
 def resolve_jars(settings: Settings) -> list[Path]:
     """Fetch the configured Delta packages through Spark's Ivy once and copy them to the cache.
 

@@ -33,6 +33,7 @@ from jobs.contracts import UNRECOGNISED, check_feeds, load_contracts
 from jobs.ingest.plan import DayPlan, load_institutions, mark_duplicates_of_loaded, plan_day
 from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
 from jobs.lake import read_table, table_exists, write_table
+from jobs.spark import parallel_jobs
 
 log = logging.getLogger(__name__)
 
@@ -319,7 +320,8 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
             writes.append((quarantine, f"quarantine.{feed}"))
     # Each table is its own Delta commit; committing several tables at once hides Delta's
     # per-commit latency (snapshot, commit, checkpoint jobs), which dominates small days.
-    with ThreadPoolExecutor(max_workers=_parallel_writes(spark)) as pool:
+    # Commits mostly wait on I/O and scheduling: a few per core.
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark, per_core=2, most=6)) as pool:
         for future in [pool.submit(write_table, df, settings, name, replace_where=where)
                        for df, name in writes]:
             future.result()
@@ -340,11 +342,6 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     summary["seconds_by_step"] = timings
     log.info("ingest %s: %s", day, summary)
     return summary
-
-
-def _parallel_writes(spark) -> int:
-    """Concurrent table commits: a few per core, as they mostly wait on I/O and scheduling."""
-    return max(2, min(6, spark.sparkContext.defaultParallelism * 2))
 
 
 def _lap(started: float, done: dict[str, float] | None = None) -> float:

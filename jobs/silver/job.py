@@ -30,6 +30,7 @@ from jobs.contracts import Column, FeedContract, SourceProfile, load_contracts
 from jobs.lake import read_table, table_exists, write_table
 from jobs.silver import standardise as S
 from jobs.silver.params import SilverParams, load_silver_params
+from jobs.spark import parallel_jobs
 
 log = logging.getLogger(__name__)
 
@@ -282,8 +283,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
 
     # Feeds side by side: each is a few small Spark jobs that leave cores idle one at a time.
     feeds = sorted(contracts.feeds.items())
-    with ThreadPoolExecutor(max_workers=max(2, min(4, spark.sparkContext.defaultParallelism))) \
-            as pool:
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark)) as pool:
         done = list(pool.map(lambda item: one_feed(*item), feeds))
     persisted = [std for _, std, *_ in done]
     writes = [(typed, target) for _, _, typed, target, _, _ in done]
@@ -300,8 +300,7 @@ def run(spark, settings: Settings, extract_date: dt.date) -> dict:
     for frame in issue_frames:
         quarantine = quarantine.unionByName(frame)
     writes.append((quarantine, QUARANTINE_TABLE))
-    with ThreadPoolExecutor(max_workers=max(2, min(4, spark.sparkContext.defaultParallelism))) \
-            as pool:
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark)) as pool:
         for future in [pool.submit(write_table, df, settings, name, replace_where=where)
                        for df, name in writes]:
             future.result()

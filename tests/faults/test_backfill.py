@@ -1,0 +1,55 @@
+"""Days run out of order: on an empty lake the later day runs first, then the earlier one (a
+backfill after later days); the lake must hold what running the two days in order leaves.
+
+The in-order lake is a copy of conftest's CLI run of the small city's first day with the second
+day run on it; the backfilled lake runs the second day, then the first, from nothing. Every job
+of the daily DAG runs (ingest, standardise, resolve, curate, gold; the quality gates change no
+data table). Run columns and when files were seen differ by nature; everything else must not.
+
+**Known defect, found by this test (2026-11-27): it fails.** Entity resolution trains its Splink
+model on the first day it resolves and keeps it (``ops/match_models/residents.json``). Run from
+nothing, the small city's second day (a small clinical extract, no registry) gives Splink no
+record pairs to train on: `EMTrainingException` ("Training rule ... resulted in no record
+pairs"). Even where training succeeds, a model trained on whichever day came first makes person
+links depend on the order days ran. The fix is a model trained once and pinned (in conf/, or by
+an explicit `healthlake` command), independent of which day runs first. Until then the test is a
+strict xfail outside `make test`: it starts failing as XPASS the day the defect is fixed.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from jobs.lake import RUN_COLUMNS, fingerprint, read_table
+from tests.conftest import SMALL_DAYS, lake_like, make_settings, run_pipeline_day
+
+D1, D2 = SMALL_DAYS
+WHEN = (*RUN_COLUMNS, "ingested_at")
+QUALITY_TABLES = ("ops.dq_results", "ops.feed_counts")
+
+
+@pytest.mark.slow_faults
+@pytest.mark.xfail(strict=True, reason="the ER model is trained on the first day resolved: "
+                   "a small first day cannot train it, and links depend on day order")
+def test_a_day_backfilled_after_a_later_one_leaves_what_the_days_in_order_leave(
+        spark, small_city, small_city_cli_day1, tmp_path_factory, tally):
+    in_order = make_settings(tmp_path_factory.mktemp("in_order"))
+    shutil.copytree(small_city_cli_day1.landing_root.parent, in_order.landing_root.parent,
+                    dirs_exist_ok=True)
+    run_pipeline_day(spark, in_order, D2, quality=False)
+    with tally("days_out_of_order"):
+        backfilled = lake_like(small_city, tmp_path_factory.mktemp("backfilled"))
+        run_pipeline_day(spark, backfilled, D2, quality=False)
+        run_pipeline_day(spark, backfilled, D1, quality=False)
+        want, got = fingerprint(spark, in_order, WHEN), fingerprint(spark, backfilled, WHEN)
+        for name in QUALITY_TABLES:
+            want.pop(name, None)
+            got.pop(name, None)
+        assert got == want, {t: (got.get(t), want.get(t)) for t in set(got) | set(want)
+                             if got.get(t) != want.get(t)}
+        # Both days are in every layer: the backfilled day was not dropped as already seen.
+        days = {r["extract_date"] for r in read_table(spark, backfilled, "silver.person_link")
+                .select("extract_date").distinct().collect()}
+        assert days == {D1, D2}
