@@ -12,7 +12,7 @@ Population denominators come from reference/population.csv (by district, age ban
 never from the registry. Residents' grains (district, age band, sex) come from the golden record
 ``silver.person``; ages are at the end of the period. A run recomputes exactly the periods a day
 touched (the years, quarters and months of the events that arrived), each metric at the period
-types its catalogue entry lists, replacing their rows in one commit per period.
+types its catalogue entry lists, replacing their rows in one commit.
 """
 
 from __future__ import annotations
@@ -567,7 +567,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
     periods = sorted(periods or periods_touched(spark, settings, extract_date))
     tables = read_tables(spark, settings)
-    rows = {}
+    rows, done, written = {}, [], []
     for period in periods:
         wanted = set(metrics_for(catalogue, period.type))
         if not wanted:
@@ -578,13 +578,21 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         out = frames[0]
         for f in frames[1:]:
             out = out.unionByName(f)
-        out = out.cache()
+        # Kept (lineage cut) until every period is computed: the run writes them all in one
+        # commit, so a job killed between periods leaves the table as it was, never half done.
+        out = out.localCheckpoint()
         rows[period.label] = {r["metric_id"]: r["count"] for r in
                               out.groupBy("metric_id").count().orderBy("metric_id").collect()}
-        write_table(out, settings, "gold.metric_value",
-                    replace_where=f"period_type = '{period.type}' AND period = '{period.label}'")
-        out.unpersist()
+        done.append(out)
+        written.append(period)
         watch.lap(period.label)
+    if done:
+        result = done[0]
+        for out in done[1:]:
+            result = result.unionByName(out)
+        write_table(result, settings, "gold.metric_value", replace_where=" OR ".join(
+            f"(period_type = '{p.type}' AND period = '{p.label}')" for p in written))
+        watch.lap("write")
     summary = {"extract_date": extract_date.isoformat(), "periods": [p.label for p in periods],
                "years": sorted({p.start.year for p in periods}), "rows": rows,
                "seconds": watch.total}
