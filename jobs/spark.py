@@ -93,7 +93,7 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict 
 
 
 def parallel_jobs(spark, per_core: int = 1, most: int = 4) -> int:
-    """How many Spark jobs a job submits side by side from its driver threads (feeds, metrics,
+    """How many Spark jobs a job submits side by side from its driver threads (feeds,
     table commits): at least two, so planning one overlaps running another, ``per_core`` per
     core of the session, at most ``most``."""
     return max(2, min(most, spark.sparkContext.defaultParallelism * per_core))

@@ -22,12 +22,17 @@ import shutil
 
 import pytest
 
-from jobs.lake import RUN_COLUMNS, fingerprint, read_table
-from tests.conftest import SMALL_DAYS, lake_like, make_settings, run_pipeline_day
+from jobs.lake import fingerprint, read_table
+from tests.conftest import (
+    QUALITY_TABLES,
+    SMALL_DAYS,
+    WHEN,
+    lake_like,
+    make_settings,
+    run_pipeline_day,
+)
 
 D1, D2 = SMALL_DAYS
-WHEN = (*RUN_COLUMNS, "ingested_at")
-QUALITY_TABLES = ("ops.dq_results", "ops.feed_counts")
 
 
 @pytest.mark.slow_faults

@@ -31,13 +31,11 @@ from pathlib import Path
 import pytest
 
 from jobs.config import PROJECT_ROOT, Settings
-from jobs.lake import RUN_COLUMNS, fingerprint, read_table, table_exists, table_version
+from jobs.lake import fingerprint, read_table, table_exists, table_version
 from jobs.operations import lock_path, writer_lock
-from tests.conftest import SMALL_DAYS, lake_like, settings_env
+from tests.conftest import QUALITY_TABLES, SMALL_DAYS, WHEN, lake_like, settings_env
 
 D1 = SMALL_DAYS[0]
-# Columns that say when a run happened: the killed lake's runs happen later than the reference's.
-WHEN = (*RUN_COLUMNS, "ingested_at")
 # What each stage writes (catalogue name prefixes), in the order of the daily DAG.
 STAGES = {
     "ingest": ("bronze.", "quarantine.", "ops.ingest_log"),
@@ -47,8 +45,6 @@ STAGES = {
     "gold": ("gold.",),
 }
 KILLABLE = ("ingest", "standardise", "resolve", "gold")
-# Written by the quality gates, which this test leaves out (they change no data table).
-QUALITY_TABLES = ("ops.dq_results", "ops.feed_counts")
 SEED = int(os.environ.get("HEALTHLAKE_FAULT_SEED", time.time_ns() % 10_000))
 # Each killed stage costs a Spark start and most of the stage: `make test` kills two stages
 # drawn by the seed (ingest always, for the second-run check), every run a different pair;
