@@ -46,8 +46,8 @@ test-cluster: setup $(SECRET)
 	$(BIN)/python -m pytest -q -m cluster tests/test_cluster.py $(PYTEST_ARGS)
 
 # The whole fault-injection suite: every stage killed, the day run a third time, a late
-# institution, days run out of order (a strict xfail until the ER model is pinned). make test
-# kills two stages and leaves the whole-day re-runs out, for CI's time.
+# institution, days run out of order. make test kills two stages and leaves the whole-day
+# re-runs out, for CI's time.
 test-faults: setup
 	HEALTHLAKE_FAULT_STAGES=all $(BIN)/python -m pytest -q -m 'not cluster' tests/faults $(PYTEST_ARGS)
 

@@ -128,6 +128,16 @@ cmd_resolve = _per_day("jobs.silver.resolve", "resolve")
 cmd_curate = _per_day("jobs.silver.curate", "curate")
 
 
+def cmd_train_model(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.silver import resolve
+    from jobs.spark import get_spark
+
+    days = _days(args)
+    spark = get_spark(settings, app_name="healthlake-train-model")
+    return resolve.train_model(spark, settings, days[0], days[-1],
+                               Path(args.out) if args.out else None, args.replace)
+
+
 def cmd_gold(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.gold import job
     from jobs.spark import get_spark
@@ -326,6 +336,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
                     "type and validate a day's (or range's) bronze into silver_std, quarantine"),
     "resolve": (cmd_resolve, "entity resolution of a day's (or range's) residents: person ids, "
                              "restricted.identity, silver.person_link, silver.person"),
+    "train-model": (cmd_train_model,
+                    "train the residents' match model (Splink) on standardised days, once, and "
+                    "pin it (matching.model.model_file): resolve never trains"),
     "curate": (cmd_curate, "merge a day's (or range's) records into the curated silver tables, "
                            "with person_id and no identifiers"),
     "gold": (cmd_gold, "recompute the data-quality scorecard of a day (or range), then the "
@@ -391,6 +404,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="when this run of the day started (ISO 8601; default: now): "
                                 "the time files no earlier run saw are logged as first seen. "
                                 "The daily DAG gives every feed's task its run's start")
+        if name == "train-model":
+            p.add_argument("--date", type=_date, required=True,
+                           help="first standardised extract date to train on (an initial load)")
+            p.add_argument("--until", type=_date, help="last extract date to train on")
+            p.add_argument("--out", help="where to write the model (default: "
+                                         "matching.model.model_file)")
+            p.add_argument("--replace", action="store_true",
+                           help="replace an existing model (later days score with the new one)")
         if name == "gold":
             p.add_argument("--year", type=int,
                            help="recompute this whole year (the year, its quarters and months)")

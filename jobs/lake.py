@@ -64,11 +64,11 @@ RUN_COLUMNS = ("run_id", "read_ms", "validated_at", "seconds")
 RUN_LOG_TABLES = ("ops.audit_log",)
 
 
-def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...] = RUN_COLUMNS
-                ) -> dict[str, tuple[int, int]]:
-    """Every written table of the catalogue -> (rows, order-independent hash of its rows), run
-    columns and run logs (``RUN_LOG_TABLES``) left out: two lakes (or one lake before and after
-    a re-run) with the same fingerprint hold the same rows."""
+def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...] = RUN_COLUMNS,
+                tables: tuple[str, ...] | None = None) -> dict[str, tuple[int, int]]:
+    """Every written table of the catalogue (or of ``tables``) -> (rows, order-independent hash
+    of its rows), run columns and run logs (``RUN_LOG_TABLES``) left out: two lakes (or one lake
+    before and after a re-run) with the same fingerprint hold the same rows."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import MapType
 
@@ -78,7 +78,7 @@ def fingerprint(spark: SparkSession, settings: Settings, ignore: tuple[str, ...]
                 if isinstance(field.dataType, MapType) else col)
 
     out = {}
-    for name in sorted(settings.tables):
+    for name in sorted(tables or settings.tables):
         if name in RUN_LOG_TABLES or not table_exists(spark, settings, name):
             continue
         df = read_table(spark, settings, name)

@@ -4,15 +4,17 @@ ids across re-runs and new days, deduplicated curated tables with no identifiers
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
+import json
 import random
 import string
 
 import pandas as pd
 import pytest
 
-from jobs.config import ConfigError
+from jobs.config import PROJECT_ROOT, ConfigError
 from jobs.lake import read_table
 from jobs.silver import curate, resolve
 from jobs.silver.evaluate import evaluate
@@ -48,6 +50,54 @@ def test_a_misspelt_comparison_names_its_key(settings):
     spec["comparisons"] = [{"function": "ExactMach", "column": "sex"}]
     with pytest.raises(ConfigError, match=r"matching.model.comparisons\[0\]"):
         engine.load_spec(spec, "matching.model")
+
+
+# -- the pinned match model ----------------------------------------------------------------------
+
+
+def test_the_pinned_model_fits_the_configured_comparisons(settings):
+    spec = resolve.load_matching_params(settings).spec
+    model, sha = resolve.pinned_model(settings, spec)
+    assert len(sha) == 12 and 0 < model["probability_two_random_records_match"] < 1
+    assert resolve.model_path(settings, spec).is_relative_to(PROJECT_ROOT / "conf")
+
+
+def test_resolution_refuses_to_run_without_the_pinned_model_and_never_trains_one(tmp_path,
+                                                                                  spark):
+    missing = tmp_path / "no-model.json"
+    settings = make_settings(tmp_path, HEALTHLAKE_MATCHING__MODEL__MODEL_FILE=str(missing))
+    with pytest.raises(ConfigError, match=r"no trained match model .* `healthlake train-model"):
+        resolve.run(spark, settings, ER_DAYS[0])
+    assert not missing.exists()
+
+
+def test_a_model_trained_for_other_comparisons_is_refused(tmp_path, settings):
+    spec = resolve.load_matching_params(settings).spec
+    model = json.loads(resolve.model_path(settings, spec).read_text(encoding="utf-8"))
+    model["comparisons"] = model["comparisons"][:-1]
+    old = tmp_path / "old-model.json"
+    old.write_text(json.dumps(model), encoding="utf-8")
+    stale = make_settings(tmp_path, HEALTHLAKE_MATCHING__MODEL__MODEL_FILE=str(old))
+    with pytest.raises(ConfigError, match="retrain it with `healthlake train-model --replace`"):
+        resolve.pinned_model(stale, resolve.load_matching_params(stale).spec)
+
+
+def test_train_model_trains_on_standardised_days_and_replaces_only_when_asked(
+        tmp_path, spark, settings, resolved_city):
+    out = tmp_path / "city-model.json"
+    matching = {**settings.matching, "model": {**settings.matching["model"], "training": {
+        **settings.matching["model"]["training"], "max_records": 800}}}  # seconds, not minutes
+    small = dataclasses.replace(settings, matching=matching)
+    trained = resolve.train_model(spark, small, ER_DAYS[0], ER_DAYS[0], out)
+    assert trained["local_patients"] > 800 and out.is_file()
+    mine = dataclasses.replace(small, matching={
+        **matching, "model": {**matching["model"], "model_file": str(out)}})
+    model, sha = resolve.pinned_model(mine, resolve.load_matching_params(mine).spec)
+    assert sha == trained["sha256"] and model["link_type"] == "dedupe_only"
+    with pytest.raises(FileExistsError, match="--replace"):
+        resolve.train_model(None, small, ER_DAYS[0], ER_DAYS[0], out)
+    again = resolve.train_model(spark, small, ER_DAYS[0], ER_DAYS[0], out, replace=True)
+    assert again["sha256"] == trained["sha256"]  # seeded: the same days give the same model
 
 
 # -- the generic engine on a table that has nothing to do with health -----------------------------

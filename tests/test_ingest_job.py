@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from jobs.ingest import job as ingest
-from jobs.lake import read_table
-from tests.conftest import make_settings
+from jobs.lake import fingerprint, read_table
+from tests.conftest import WHEN, make_settings
 from tests.test_readers import csv_lines, line
 
 D1, D2 = dt.date(2024, 4, 15), dt.date(2024, 4, 16)
@@ -112,6 +112,9 @@ def test_redelivered_file_under_another_name_adds_nothing_in_any_order(spark, tm
     ingest.run(spark, backfill, D1)
     assert snapshot(spark, backfill, "bronze.resident_registry") == \
         snapshot(spark, in_order, "bronze.resident_registry")
+    # The log too: the later day's copy is logged as the duplicate it is in either order.
+    log = ("ops.ingest_log",)
+    assert fingerprint(spark, backfill, WHEN, log) == fingerprint(spark, in_order, WHEN, log)
 
 
 def test_day_without_landing_folder_is_logged_as_empty(spark, lake):

@@ -8,7 +8,9 @@
    which reads both.
 
 Each table is replaced for exactly the dates or periods recomputed, so re-running is safe and a
-late file brings back just the periods it belongs to.
+late file brings back just the periods it belongs to. A backfill (days before ones already
+resolved) also recomputes the later days' scorecards and periods: resolving it resolved them
+again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from jobs.config import Settings
 from jobs.gold import index, metrics, scorecard
+from jobs.silver.resolve import later_days
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -30,11 +33,14 @@ def run_days(spark: SparkSession, settings: Settings, days: list[dt.date],
              year: int | None = None, periods: list[metrics.Period] | None = None) -> dict:
     """Scorecards of ``days``, then metrics and index of the periods they touched (or of the
     whole ``year``: the year, its quarters and months; or exactly ``periods``)."""
-    cards = {d.isoformat(): scorecard.run(spark, settings, d) for d in days}
+    # A backfill: resolving it resolved the later days again, and its ingest may have taken
+    # files from them (a copy delivered on both days belongs to the earlier).
+    touched = [*days, *later_days(spark, settings, max(days))]
+    cards = {d.isoformat(): scorecard.run(spark, settings, d) for d in touched}
     if year is not None:
         periods = metrics.periods_of_year(year)
     elif periods is None:
-        periods = sorted({p for d in days for p in metrics.periods_touched(spark, settings, d)})
+        periods = sorted({p for d in touched for p in metrics.periods_touched(spark, settings, d)})
     computed = metrics.run(spark, settings, days[-1], periods)
     years = computed["years"]
     idx = index.run(spark, settings, years)

@@ -404,21 +404,38 @@ def _ingest_history(spark, settings: Settings, day: str) -> _History:
     return history
 
 
-def _remove_superseded(spark, settings: Settings, shas: list[str], day: str) -> None:
-    """Days ran out of order: a later day loaded a copy of a file this day holds. Remove it."""
+def _remove_superseded(spark, settings: Settings, superseded: dict[str, str], day: str) -> None:
+    """Days ran out of order: a later day loaded a copy (sha256 -> this day's file) of a file
+    this day holds. Remove the copy's rows from every layer that holds rows by file (bronze,
+    quarantine, silver_std, the curated tables) and log it as the duplicate it is: the later day
+    is left as if it had run after this one. Resolving this day resolves the later days again."""
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
-    sha_list = ", ".join(f"'{s}'" for s in sorted(set(shas)))
-    cond = f"source_sha256 IN ({sha_list}) AND extract_date > DATE'{day}'"
+    later = F.col("extract_date") > F.lit(day).cast("date")
+    log_table = DeltaTable.forPath(spark, str(settings.table_path("ops.ingest_log")))
+    copies = [r["source_file"] for r in log_table.toDF().where(
+        F.col("sha256").isin(list(superseded)) & later).select("source_file").collect()]
     for name in settings.tables:
-        if name.startswith(("bronze.", "quarantine.")) and table_exists(spark, settings, name):
-            DeltaTable.forPath(spark, str(settings.table_path(name))).delete(cond)
-    DeltaTable.forPath(spark, str(settings.table_path("ops.ingest_log"))).update(
-        condition=f"sha256 IN ({sha_list}) AND extract_date > DATE'{day}'",
-        set={"status": "'duplicate'", "rows_loaded": "0", "rows_quarantined": "0",
-             "message": f"'superseded: the same file was delivered earlier, for {day}'"})
+        if name == "ops.ingest_log" or not table_exists(spark, settings, name):
+            continue
+        table = DeltaTable.forPath(spark, str(settings.table_path(name)))
+        columns = table.toDF().columns
+        if "source_sha256" in columns:
+            table.delete(F.col("source_sha256").isin(list(superseded)) & later)
+        elif "source_file" in columns and "extract_date" in columns and copies:
+            table.delete(F.col("source_file").isin(copies) & later)
+    for sha, earlier in sorted(superseded.items()):
+        # What the later day's log says when the days run in order.
+        log_table.update(condition=(F.col("sha256") == sha) & later, set={
+            "status": F.lit("duplicate"), "rows_in": F.lit(None).cast("long"),
+            "rows_loaded": F.lit(0).cast("long"), "rows_quarantined": F.lit(0).cast("long"),
+            "duplicate_of": F.lit(earlier), "rule_id": F.lit(None).cast("string"),
+            "unknown_columns": F.lit(None).cast("string"),
+            "missing_optional_columns": F.lit(None).cast("string"),
+            "message": F.lit(f"same sha256 as {earlier} (loaded for {day}): not loaded again")})
     log.warning("%s: %d file(s) loaded on later days were earlier deliveries; moved to %s",
-                day, len(set(shas)), day)
+                day, len(superseded), day)
 
 
 def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str,

@@ -161,14 +161,16 @@ def _mark_duplicates_within_day(plan: DayPlan) -> None:
             first[p.sha256] = p
 
 
-def mark_duplicates_of_loaded(plan: DayPlan, loaded: dict[str, tuple[str, str]]) -> list[str]:
+def mark_duplicates_of_loaded(plan: DayPlan, loaded: dict[str, tuple[str, str]]
+                              ) -> dict[str, str]:
     """Apply what earlier runs loaded (sha256 -> (extract_date, source_file)).
 
     A file whose bytes were loaded from an *earlier* place is a duplicate. When this day holds the
-    earlier copy (days run out of order), the later copy must give way: its sha256 is returned so
-    the job removes those rows from the later day and this day's copy becomes the one loaded.
+    earlier copy (days run out of order), the later copy must give way: its sha256 is returned,
+    with this day's file, so the job removes those rows from the later day and this day's copy
+    becomes the one loaded.
     """
-    superseded = []
+    superseded = {}
     for p in filter(_may_duplicate, plan.to_read()):
         other = loaded.get(p.sha256)
         if other is None or other == p.key:
@@ -178,5 +180,5 @@ def mark_duplicates_of_loaded(plan: DayPlan, loaded: dict[str, tuple[str, str]])
             p.duplicate_of = other[1]
             p.message = f"same sha256 as {other[1]} (loaded for {other[0]}): not loaded again"
         else:
-            superseded.append(p.sha256)
+            superseded[p.sha256] = p.landed.source_file
     return superseded

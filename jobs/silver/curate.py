@@ -5,7 +5,8 @@ Each feed's silver_std rows of the day get their ``person_id`` from ``silver.per
 are merged into the curated table on the feed's key (institution_id + the institution's own
 key): the same encounter sent twice, the same day or later, is one encounter, holding the
 latest version sent (``first_seen_date`` keeps when it first came). Re-running a day merges the
-same rows again and changes nothing.
+same rows again and changes nothing. A backfill (a day curated after later ones) also gives the
+later days' rows the person ids that resolving the backfilled day gave them again.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def curate_feed(std: DataFrame, links: DataFrame | None, spec: CuratedTable) -> 
 def merge_into(spark: SparkSession, settings: Settings, rows: DataFrame, spec: CuratedTable
                ) -> None:
     """Upsert on the key: a version from the same or a later extract date replaces the stored
-    one (first_seen_date kept); an older one changes nothing."""
+    one (first_seen_date kept); an older one changes only first_seen_date, to its earlier day."""
     from delta.tables import DeltaTable
 
     if not table_exists(spark, settings, spec.table):
@@ -87,7 +88,28 @@ def merge_into(spark: SparkSession, settings: Settings, rows: DataFrame, spec: C
     update["first_seen_date"] = "least(t.first_seen_date, s.first_seen_date)"
     (target.alias("t").merge(rows.alias("s"), on)
      .whenMatchedUpdate(condition="s.extract_date >= t.extract_date", set=update)
+     # An older version (a day run after later ones) still says when the key was first seen.
+     .whenMatchedUpdate(condition="s.first_seen_date < t.first_seen_date",
+                        set={"first_seen_date": "s.first_seen_date"})
      .whenNotMatchedInsertAll()
+     .execute())
+
+
+def refresh_person_ids(spark: SparkSession, settings: Settings, later_links: DataFrame,
+                       spec: CuratedTable) -> None:
+    """Curated rows of later extract dates take their person_id from ``later_links`` where it
+    changed: after a backfill, entity resolution resolved those days again."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    target = DeltaTable.forPath(spark, str(settings.table_path(spec.table)))
+    links = later_links.select("institution_id", F.col("record_key").alias(spec.key[0]),
+                               "extract_date", "person_id")
+    (target.alias("t").merge(
+        links.alias("s"), f"t.institution_id = s.institution_id AND t.`{spec.key[0]}` = "
+                          f"s.`{spec.key[0]}` AND t.extract_date = s.extract_date")
+     .whenMatchedUpdate(condition="NOT (t.person_id <=> s.person_id)",
+                        set={"person_id": "s.person_id"})
      .execute())
 
 
@@ -108,8 +130,13 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
     started = time.perf_counter()
     day = extract_date.isoformat()
     where = f"extract_date = DATE'{day}'"
-    links = (read_table(spark, settings, "silver.person_link").where(where)
-             if table_exists(spark, settings, "silver.person_link") else None)
+    all_links = (read_table(spark, settings, "silver.person_link")
+                 if table_exists(spark, settings, "silver.person_link") else None)
+    links = all_links.where(where) if all_links is not None else None
+    # A backfill: later days are curated already, and resolving this day resolved them again.
+    later_links = (all_links.where(f"extract_date > DATE'{day}'")
+                   if all_links is not None else None)
+    backfill = later_links is not None and bool(later_links.limit(1).count())
     counts = {}
     for feed, spec in CURATED.items():
         if not table_exists(spark, settings, f"silver_std.{feed}"):
@@ -126,11 +153,13 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
                                    f"`healthlake resolve --date {day}` first")
         if n_rows or not table_exists(spark, settings, spec.table):
             merge_into(spark, settings, rows, spec)
+        if backfill and feed_links is not None:
+            refresh_person_ids(spark, settings, later_links.where(f"feed = '{feed}'"), spec)
         rows.unpersist()
         counts[spec.table] = {"rows_in": n_in, "distinct_keys": n_rows,
                               "duplicates_merged": n_in - n_rows}
     write_table(institutions(spark, settings), settings, "silver.institution", mode="overwrite")
-    summary = {"extract_date": day, "tables": counts,
+    summary = {"extract_date": day, "tables": counts, "later_days_person_ids_refreshed": backfill,
                "seconds": round(time.perf_counter() - started, 1)}
     log.info("curate %s: %s", day, summary)
     return summary

@@ -24,12 +24,14 @@ identifier, and ``silver.person`` is the golden record built by the survivorship
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.config import Settings, build_dataclass, require
+from jobs.config import ConfigError, Settings, build_dataclass, require
 from jobs.lake import read_table, table_exists, write_table
 from jobs.match import engine
 from jobs.silver.pseudonym import hmac_key, person_id_column
@@ -60,6 +62,8 @@ PERSON_FEEDS: dict[str, PersonFeed] = {
 IDENTITY_FIELDS = ["national_id", "national_id_valid", "name", "name_pinyin_key", "sex",
                    "birth_date", "phone", "area_code", "town_code", "district_code"]
 _TYPES = {"birth_date": "string"}
+# The pinned model when matching.model.model_file names none (from the project root).
+DEFAULT_MODEL_FILE = "conf/models/residents-match-model.json"
 
 
 @dataclass(frozen=True)
@@ -180,20 +184,70 @@ def survivorship(records: DataFrame, links: DataFrame, tier_trust_order: list[st
 # -- the job ------------------------------------------------------------------------------------
 
 
-def _model(spark: SparkSession, settings: Settings, spec: engine.MatchSpec,
-           training_data: DataFrame) -> dict:
-    """The trained model of the ops zone; trained on ``training_data`` and saved when absent, so
-    every later run (and every re-run) scores with the same parameters."""
-    path = settings.zone_root("ops") / (spec.model_file or "match_models/residents.json")
-    if path.is_file():
-        return json.loads(path.read_text(encoding="utf-8"))
-    log.info("no trained match model at %s: training on %s", path, "the day's profiles")
-    model = engine.train(spark, training_data, spec)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(model, indent=1), encoding="utf-8")
-    tmp.replace(path)
-    return model
+def model_path(settings: Settings, spec: engine.MatchSpec) -> Path:
+    """Where the pinned match model is: ``matching.model.model_file``, from the project root."""
+    return settings.path(spec.model_file or DEFAULT_MODEL_FILE)
+
+
+def pinned_model(settings: Settings, spec: engine.MatchSpec) -> tuple[dict, str]:
+    """The pinned, trained Splink model and the first 12 hex digits of its file's SHA-256.
+
+    Never trained here: a model trained on whichever day ran first would make links depend on
+    the order days ran (and a small first day cannot train one). ``healthlake train-model``
+    trains it, explicitly, once."""
+    path = model_path(settings, spec)
+    if not path.is_file():
+        raise ConfigError(
+            f"matching.model.model_file: no trained match model at {path}. Train one on "
+            "standardised days with `healthlake train-model --date YYYY-MM-DD [--until ...]` "
+            "and keep it with the configuration")
+    text = path.read_bytes()
+    model = json.loads(text)
+    check_model_fits(spec, model, path)
+    return model, hashlib.sha256(text).hexdigest()[:12]
+
+
+def check_model_fits(spec: engine.MatchSpec, model: dict, path: Path) -> None:
+    """A model trained for other comparisons (the spec was edited since) is refused, named."""
+    want = [(c["name"], len(c.get("levels", []))) for c in spec.comparisons]
+    got = [(c.get("output_column_name"), len(c.get("comparison_levels", [])))
+           for c in model.get("comparisons", [])]
+    if want != got:
+        raise ConfigError(
+            f"the match model {path} was trained for comparisons {got} but matching.model "
+            f"has {want}: retrain it with `healthlake train-model --replace`")
+
+
+def train_model(spark: SparkSession, settings: Settings, first: dt.date, last: dt.date,
+                out: Path | None = None, replace: bool = False) -> dict:
+    """Train the residents' match model on the local-patient profiles of the standardised days
+    ``first``..``last`` (an initial load: the registry) and write it to ``out`` (default: the
+    pinned ``matching.model.model_file``). An existing model is replaced only when asked."""
+    params = load_matching_params(settings)
+    out = out or model_path(settings, params.spec)
+    if out.exists() and not replace:
+        raise FileExistsError(f"{out} exists: the pinned match model is replaced only with "
+                              "--replace (every later day is then scored with the new one)")
+    watch = Stopwatch()
+    where = f"extract_date BETWEEN DATE'{first}' AND DATE'{last}'"
+    frames = read_day(spark, settings, where)
+    if not frames:
+        raise FileNotFoundError(f"no silver_std tables yet: run `healthlake standardise --date "
+                                f"{first}` before training")
+    training = profiles(identity_records(frames)).select(*_splink_cols()).cache()
+    n = training.count()
+    if n < 2:
+        raise ValueError(f"{first}..{last}: {n} local patients in silver_std; train on days "
+                         "with the registry (an initial load)")
+    model = engine.train(spark, training, params.spec)
+    training.unpersist()
+    text = json.dumps(model, indent=1, sort_keys=True).encode("utf-8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_bytes(text)
+    tmp.replace(out)
+    return {"model_file": str(out), "sha256": hashlib.sha256(text).hexdigest()[:12],
+            "trained_on": f"{first}..{last}", "local_patients": n, "seconds": watch.total}
 
 
 def read_day(spark: SparkSession, settings: Settings, where: str) -> dict[str, DataFrame]:
@@ -268,14 +322,49 @@ def _splink_cols() -> list[str]:
     return ["lp_id", *IDENTITY_FIELDS]
 
 
+def later_days(spark: SparkSession, settings: Settings, extract_date: dt.date) -> list[dt.date]:
+    """Extract dates after ``extract_date`` already resolved (silver.person_link): a backfill."""
+    if not table_exists(spark, settings, "silver.person_link"):
+        return []
+    return sorted(r[0] for r in read_table(spark, settings, "silver.person_link")
+                  .where(f"extract_date > DATE'{extract_date}'").select("extract_date")
+                  .distinct().collect())
+
+
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
     """Resolve one extract date: restricted.identity (its new local patients), silver.person_link
-    (its rows) and silver.person (recomputed golden records), each written in one commit."""
-    from pyspark.sql import functions as F
+    (its rows) and silver.person (recomputed golden records), each written in one commit.
 
+    A backfill (later days already resolved) resolves those later days again, in order, after
+    it: each day's new local patients are the ones no earlier day saw, so the lake ends as if
+    the days had run in order. Killed half way, the next run of the day does it all again."""
     watch = Stopwatch()
     key = hmac_key(settings)  # refuse before any work without the key
     params = load_matching_params(settings)
+    model, model_sha = pinned_model(settings, params.spec)  # likewise without the model
+    later = later_days(spark, settings, extract_date)
+    summary = resolve_day(spark, settings, extract_date, key, params, model)
+    if later:
+        log.info("resolve %s is a backfill: resolving the later days %s again", extract_date,
+                 ", ".join(map(str, later)))
+        summary["later_days_resolved_again"] = {
+            d.isoformat(): resolve_day(spark, settings, d, key, params, model)
+            for d in later}
+    watch.lap("days")
+    summary["persons"] = refresh_persons(spark, settings, params)
+    watch.lap("persons")
+    summary["seconds_by_step"]["persons"] = watch.steps["persons"]
+    summary.update(seconds=watch.total, model_sha256=model_sha)
+    log.info("resolve %s: %s", extract_date, summary)
+    return summary
+
+
+def resolve_day(spark: SparkSession, settings: Settings, extract_date: dt.date, key: bytes,
+                params: MatchingParams, model: dict) -> dict:
+    """One extract date's identity rows, person links and person events (not silver.person)."""
+    from pyspark.sql import functions as F
+
+    watch = Stopwatch()
     day = extract_date.isoformat()
     frames = read_day(spark, settings, f"extract_date = DATE'{day}'")
     if not frames:
@@ -294,8 +383,6 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
              else spark.createDataFrame([], _profile_ddl() + ", person_id string"))
     new = day_profiles.join(known.select("lp_id"), "lp_id", "left_anti").cache()
     watch.lap("state")
-    model = _model(spark, settings, params.spec, day_profiles.select(*_splink_cols()))
-    watch.lap("model")
     assigned, counts, merge_events = resolve_new(
         spark, new.select(*_splink_cols()), known, key, params, model, watch)
     identity = (new.join(assigned, "lp_id")
@@ -321,14 +408,11 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
                         for r in events.groupBy("event_type").count().collect()}
     write_table(events, settings, "silver.person_event", replace_where=where)
     watch.lap("write")
-    persons = refresh_persons(spark, settings, params)
-    watch.lap("persons")
     by_method = {r["match_method"]: r["count"] for r in
                  links.groupBy("match_method").count().collect()}
     summary = {"extract_date": day, "identity_rows": n_records, **counts,
-               "links_by_method": by_method, "persons": persons,
-               "seconds": watch.total, "seconds_by_step": watch.steps}
-    log.info("resolve %s: %s", day, summary)
+               "links_by_method": by_method, "seconds": watch.total,
+               "seconds_by_step": watch.steps}
     for df in (records, new, assigned, links):
         df.unpersist()
     return summary

@@ -6,14 +6,11 @@ day run on it; the backfilled lake runs the second day, then the first, from not
 of the daily DAG runs (ingest, standardise, resolve, curate, gold; the quality gates change no
 data table). Run columns and when files were seen differ by nature; everything else must not.
 
-**Known defect, found by this test (2026-11-27): it fails.** Entity resolution trains its Splink
-model on the first day it resolves and keeps it (``ops/match_models/residents.json``). Run from
-nothing, the small city's second day (a small clinical extract, no registry) gives Splink no
-record pairs to train on: `EMTrainingException` ("Training rule ... resulted in no record
-pairs"). Even where training succeeds, a model trained on whichever day came first makes person
-links depend on the order days ran. The fix is a model trained once and pinned (in conf/, or by
-an explicit `healthlake` command), independent of which day runs first. Until then the test is a
-strict xfail outside `make test`: it starts failing as XPASS the day the defect is fixed.
+Found by this test (2026-11-27): entity resolution trained its Splink model on the first day it
+resolved, so a small first day could not train it (`EMTrainingException`) and links depended on
+the order days ran. The model is now pinned (``matching.model.model_file``; ``healthlake
+train-model`` trains it explicitly), and a backfill resolves the later days again, after which
+curate and gold bring their person ids and periods up to date.
 """
 
 from __future__ import annotations
@@ -36,8 +33,6 @@ D1, D2 = SMALL_DAYS
 
 
 @pytest.mark.slow_faults
-@pytest.mark.xfail(strict=True, reason="the ER model is trained on the first day resolved: "
-                   "a small first day cannot train it, and links depend on day order")
 def test_a_day_backfilled_after_a_later_one_leaves_what_the_days_in_order_leave(
         spark, small_city, small_city_cli_day1, tmp_path_factory, tally):
     in_order = make_settings(tmp_path_factory.mktemp("in_order"))
