@@ -177,7 +177,9 @@ def train(spark: SparkSession, df: DataFrame, spec: MatchSpec) -> dict[str, Any]
     for rule in t.em_blocking_rules:
         linker.training.estimate_parameters_using_expectation_maximisation(
             _block(rule), record_sample_proportion=t.em_sample_proportion)
-    return _floor_probabilities(linker.misc.save_model_to_json())
+    model = linker.misc.save_model_to_json()
+    model.pop("linker_uid", None)  # random per Linker: the same data would give another file
+    return _floor_probabilities(model)
 
 
 # Training can estimate a probability of exactly 0 (a level never seen among matches); Splink
