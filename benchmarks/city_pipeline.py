@@ -1,0 +1,138 @@
+"""The whole pipeline on a generated city: an initial load of several days, then one incremental
+day, every stage timed, with peak memory. The scaling runs are this command at other sizes.
+
+    .venv/bin/python benchmarks/city_pipeline.py --residents 2000 --days 3
+    .venv/bin/python benchmarks/city_pipeline.py --full-city --days 31   # 30 days, then one
+
+1. Generates the city (kept under --out and reused when it is already there) into a fresh lake.
+2. Initial load: days 1 .. K-1, each stage over the whole range before the next, as
+   `healthlake <stage> --date D1 --until D(K-1)` runs them: ingest, standardise, train-model
+   (once, on day 1: what a city does on its initial load), resolve, curate, quality, gold.
+3. Incremental day: day K through every stage, as the daily DAG runs it.
+
+One SparkSession with the default configuration (conf/base; the CLI starts one per command, which
+adds a JVM start per stage). Updates the section "Pipeline: <who>, <K> days" of
+docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import machine, peak_rss_gib, update_doc  # noqa: E402
+
+START = dt.date(2024, 4, 15)
+SECTION = "Pipeline"
+
+
+def stages(settings) -> list[tuple[str, object]]:
+    """(stage, run(spark, days)) in the order of the daily DAG."""
+    from jobs.gold import job as gold
+    from jobs.ingest import job as ingest
+    from jobs.quality import job as quality
+    from jobs.silver import curate, resolve
+    from jobs.silver import job as standardise
+
+    def each(job):
+        return lambda spark, days: [job.run(spark, settings, d) for d in days]
+
+    def train(spark, days):
+        if not settings.path(settings.matching["model"]["model_file"]).exists():
+            return resolve.train_model(spark, settings, days[0], days[0])
+        return None
+
+    return [("ingest", each(ingest)), ("standardise", each(standardise)),
+            ("train-model", train), ("resolve", each(resolve)), ("curate", each(curate)),
+            ("quality", each(quality)),
+            ("gold", lambda spark, days: gold.run_days(spark, settings, days))]
+
+
+def main() -> None:
+    from jobs.config import environ_under, load
+    from jobs.generate import generate
+    from jobs.lake import read_table
+    from jobs.spark import get_spark
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = ap.add_mutually_exclusive_group(required=True)
+    size.add_argument("--residents", type=int)
+    size.add_argument("--full-city", action="store_true")
+    ap.add_argument("--days", type=int, required=True,
+                    help="extract days in all: the initial load is all but the last")
+    ap.add_argument("--out", default="/tmp/healthlake-bench-pipeline")
+    args = ap.parse_args()
+    if args.days < 2:
+        ap.error("--days must be at least 2: an initial load and an incremental day")
+    started = time.perf_counter()
+    root = Path(args.out)
+    env = environ_under(root) | {
+        "HEALTHLAKE_HMAC_KEY": "benchmark-key-not-for-production",
+        # The city's own model, trained on its first day by the initial load.
+        "HEALTHLAKE_MATCHING__MODEL__MODEL_FILE": str(root / "residents-match-model.json")}
+    settings = load(environ=env)
+    marker = root / "generated.json"
+    want = {"residents": args.residents, "full_city": args.full_city, "days": args.days}
+    generated_s = None
+    if not (marker.exists() and json.loads(marker.read_text())["params"] == want):
+        shutil.rmtree(root, ignore_errors=True)
+        t0 = time.perf_counter()
+        summary = generate(settings, residents=args.residents, full_city=args.full_city,
+                           start_date=START, days=args.days)
+        generated_s = round(time.perf_counter() - t0, 1)
+        marker.write_text(json.dumps({"params": want, "summary": summary}, default=str))
+    shutil.rmtree(root / "lake", ignore_errors=True)  # every run loads from nothing
+    (root / "residents-match-model.json").unlink(missing_ok=True)
+    generated = json.loads(marker.read_text())["summary"]
+    spark = get_spark(settings, app_name="benchmark-pipeline")
+    days = [START + dt.timedelta(days=i) for i in range(args.days)]
+    seconds: dict[str, dict[str, float]] = {"initial": {}, "incremental": {}}
+    for phase, phase_days in (("initial", days[:-1]), ("incremental", days[-1:])):
+        for name, run in stages(settings):
+            t0 = time.perf_counter()
+            run(spark, phase_days)
+            seconds[phase][name] = round(time.perf_counter() - t0, 1)
+            print(f"[{time.strftime('%H:%M:%S')}] {phase} {name}: {seconds[phase][name]} s",
+                  flush=True)
+    log = [v or 0 for v in read_table(spark, settings, "ops.ingest_log").groupBy().sum(
+        "rows_in", "rows_loaded", "rows_quarantined").first()]
+    persons = read_table(spark, settings, "silver.person").count()
+    who = ("full city (2.44 M residents)" if args.full_city
+           else f"{args.residents:,} residents")
+    cmd = ("`.venv/bin/python benchmarks/city_pipeline.py "
+           + ("--full-city" if args.full_city else f"--residents {args.residents}")
+           + f" --days {args.days}`")
+    total = {k: round(sum(v.values()), 1) for k, v in seconds.items()}
+    lines = [
+        f"Command: {cmd} (run {dt.date.today()})  ", f"Machine: {machine()}; Spark as "
+        "configured in conf/base (default configuration), one session for the run.  ",
+        f"Data: {who}, {args.days} extract days from {START}; files generated "
+        + (f"in {generated_s} s" if generated_s is not None else "earlier (reused)")
+        + f"; rows in {log[0]:,}, loaded {log[1]:,}, quarantined {log[2]:,}; "
+        f"{persons:,} persons ({generated.get('residents', '?')} residents generated).  ",
+        f"Peak memory: driver {peak_rss_gib():.1f} GiB, Spark JVM "
+        f"{peak_rss_gib(children=True):.1f} GiB. Whole run "
+        f"{round(time.perf_counter() - started, 1)} s.",
+        "",
+        f"| stage | initial load, days 1 to {args.days - 1} (s) | incremental day "
+        f"{args.days} (s) |",
+        "|---|---:|---:|",
+        *(f"| {name} | {seconds['initial'][name]} | {seconds['incremental'][name]} |"
+          for name in seconds["initial"]),
+        f"| **total** | **{total['initial']}** | **{total['incremental']}** |",
+    ]
+    body = "\n".join(lines)
+    update_doc(f"{SECTION}: {who}, {args.days} days", body)
+    print(body, flush=True)
+
+
+if __name__ == "__main__":
+    main()
