@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from jobs.config import Settings
 from jobs.lake import read_table, table_exists, write_table
+from jobs.silver.resolve import later_days
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -134,9 +135,8 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
                  if table_exists(spark, settings, "silver.person_link") else None)
     links = all_links.where(where) if all_links is not None else None
     # A backfill: later days are curated already, and resolving this day resolved them again.
-    later_links = (all_links.where(f"extract_date > DATE'{day}'")
-                   if all_links is not None else None)
-    backfill = later_links is not None and bool(later_links.limit(1).count())
+    backfill = bool(later_days(spark, settings, extract_date))
+    later_links = all_links.where(f"extract_date > DATE'{day}'") if backfill else None
     counts = {}
     for feed, spec in CURATED.items():
         if not table_exists(spark, settings, f"silver_std.{feed}"):

@@ -62,8 +62,6 @@ PERSON_FEEDS: dict[str, PersonFeed] = {
 IDENTITY_FIELDS = ["national_id", "national_id_valid", "name", "name_pinyin_key", "sex",
                    "birth_date", "phone", "area_code", "town_code", "district_code"]
 _TYPES = {"birth_date": "string"}
-# The pinned model when matching.model.model_file names none (from the project root).
-DEFAULT_MODEL_FILE = "conf/models/residents-match-model.json"
 
 
 @dataclass(frozen=True)
@@ -186,7 +184,10 @@ def survivorship(records: DataFrame, links: DataFrame, tier_trust_order: list[st
 
 def model_path(settings: Settings, spec: engine.MatchSpec) -> Path:
     """Where the pinned match model is: ``matching.model.model_file``, from the project root."""
-    return settings.path(spec.model_file or DEFAULT_MODEL_FILE)
+    if not spec.model_file:
+        raise ConfigError("matching.model.model_file: not set; entity resolution scores with a "
+                          "pinned model (conf/base/matching.yaml)")
+    return settings.path(spec.model_file)
 
 
 def pinned_model(settings: Settings, spec: engine.MatchSpec) -> tuple[dict, str]:
