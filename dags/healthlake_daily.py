@@ -4,8 +4,9 @@
 Institutions send each day's extract to `landing/<extract_date>/<institution>/`. Each run takes
 one extract date D through the medallion layers:
 
-`wait_for_manifests` >> `ingest.<feed>` (a task per feed) >> `check_bronze` >> `standardise`
->> `resolve` >> `curate` >> `check_silver` >> `gold` >> `check_gold`
+`wait_for_manifests` >> `ingest.<feed>` (a read task per feed) >> `ingest.commit` >>
+`check_bronze` >> `standardise` >> `resolve` >> `curate` >> `check_silver` >> `gold` >>
+`check_gold`
 
 **Quality gates.** The `check_*` tasks run the Great Expectations suites of the tables just
 written (`quality/<table>.yaml`, thresholds in `conf/base/quality.yaml`): `healthlake quality
@@ -22,9 +23,11 @@ Airflow stores in UTC as the day before (`2024-04-15T00:00+08:00` = `2024-04-14T
 Asia/Shanghai (`jobs.orchestration.extract_date_of`), never from `ds`. To run a day by hand,
 trigger with `logical_date=2024-04-15T00:00:00+08:00` for extract date 2024-04-15.
 
-**How jobs run.** Every task runs the `healthlake` CLI (the same command a data engineer runs)
-with `spark-submit --master <spark.master> jobs/entrypoint.py <command> --date D`, so the DAG
-drives a cluster by configuration (`HEALTHLAKE_SPARK__MASTER=spark://...`). The Apache Spark
+**How jobs run.** Every task runs the `healthlake` CLI (the same command a data engineer runs).
+The feeds' reads are plain Python (pyarrow) on the worker, which sees the landing zone as the
+sensor does; every other task runs `spark-submit --master <spark.master> jobs/entrypoint.py
+<command> --date D`, so the DAG drives a cluster by configuration
+(`HEALTHLAKE_SPARK__MASTER=spark://...`). The Apache Spark
 provider's `SparkSubmitOperator` is not used: the provider requires `pyspark-client`, the Spark
 Connect client, which installs its own `pyspark` package over the full `pyspark==4.1.1` the
 jobs need. A `@task.bash` building the same spark-submit command at run time is the
@@ -48,13 +51,14 @@ from __future__ import annotations
 from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, TaskGroup, task
 
 from jobs.config import load
-from jobs.contracts import feed_choices
+from jobs.contracts import load_contracts
 from jobs.landing_sensor import ManifestsSensor
 from jobs.orchestration import (
     GOLD_ASSET_NAME,
     GOLD_ASSET_URI,
     dag_arguments,
     daily_job_command,
+    daily_python_command,
     extract_date_of,
     orchestration_settings,
 )
@@ -79,22 +83,31 @@ with DAG(
                "records missing files; a late file loads in a later run.",
     )
 
+    @task.bash
+    def read(feed: str, logical_date=None) -> str:
+        """Reads and checks the day's landed files of one feed against its contract
+        (`schemas/`), without Spark: `healthlake ingest-read --date D --feed <feed>`. Rows,
+        rejected rows and per-file counts wait in the restricted zone's staging area for
+        `ingest.commit`; the log shows the feed's files, rows in, loaded and quarantined. The
+        feeds read side by side (no Delta write, no pool); a failing feed's task can be fixed
+        and cleared alone, then the commit."""
+        return daily_python_command("ingest-read", logical_date, "--feed", feed)
+
     @task.bash(pool=ORCH.delta_pool)
-    def ingest(feed: str, logical_date=None, dag_run=None) -> str:
-        """Loads the day's landed files of one feed into `bronze.<feed>` (its contract in
-        `schemas/`), rejected rows and files into `quarantine.<feed>`, one row per file into
-        `ops.ingest_log` (rows in = loaded + quarantined): `healthlake ingest --date D --feed
-        <feed>`. `ingest.unrecognised` logs the files that match no feed contract. A feed's
-        task can be cleared and re-run alone: it replaces only its own tables and log rows.
-        Every feed's task logs the run's start as when it first saw a file, so the day's files
-        are on time together (the scorecard calls late what a later run saw first)."""
+    def commit(logical_date=None, dag_run=None) -> str:
+        """Loads the day into `bronze.<feed>`, rejected rows and files into `quarantine.<feed>`,
+        one row per file into `ops.ingest_log` (rows in = loaded + quarantined; files of no
+        feed logged as unrecognised): `healthlake ingest --date D`, with the feeds' reads
+        staged ahead (a file no read task staged is read here). One Spark start for the day;
+        the run's start is when its files were first seen (the scorecard calls late what a
+        later run saw first)."""
         started = dag_run.start_date if dag_run is not None else None
-        return daily_job_command("ingest", logical_date, "--feed", feed,
+        return daily_job_command("ingest", logical_date,
                                  *(["--run-started-at", started.isoformat()] if started else []))
 
-    with TaskGroup("ingest", tooltip="one ingest task per feed") as ingest_feeds:
-        for feed in feed_choices():
-            ingest.override(task_id=feed)(feed=feed)
+    with TaskGroup("ingest", tooltip="a read task per feed, then one commit") as ingest_feeds:
+        reads = [read.override(task_id=feed)(feed=feed) for feed in sorted(load_contracts().feeds)]
+        reads >> commit()
 
     @task.bash(pool=ORCH.delta_pool)
     def check_bronze(logical_date=None) -> str:

@@ -123,6 +123,14 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> dict:
             for d in days}
 
 
+def cmd_ingest_read(settings: Settings, args: argparse.Namespace) -> dict:
+    from jobs.contracts import load_contracts
+    from jobs.ingest import job
+
+    feeds = args.feed or sorted(load_contracts().feeds)
+    return {d.isoformat(): job.read_ahead(settings, d, feeds) for d in _days(args)}
+
+
 cmd_standardise = _per_day("jobs.silver.job", "standardise")
 cmd_resolve = _per_day("jobs.silver.resolve", "resolve")
 cmd_curate = _per_day("jobs.silver.curate", "curate")
@@ -332,6 +340,9 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
     "generate": (cmd_generate, "generate a synthetic city's daily extracts into the landing zone"),
     "deliver-late": (cmd_deliver_late, "move a late institution's held-back files into landing"),
     "ingest": (cmd_ingest, "load landed files of a day (or range) into bronze and quarantine"),
+    "ingest-read": (cmd_ingest_read,
+                    "read and check a day's landed files of some feeds ahead of ingest, without "
+                    "Spark (the daily DAG's per-feed tasks): `ingest` then loads them"),
     "standardise": (cmd_standardise,
                     "type and validate a day's (or range's) bronze into silver_std, quarantine"),
     "resolve": (cmd_resolve, "entity resolution of a day's (or range's) residents: person ids, "
@@ -393,17 +404,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--seed", type=int, help="random seed (default: conf)")
         if name == "deliver-late":
             p.add_argument("--date", type=_date, required=True)
-        if name in ("ingest", "standardise", "resolve", "curate", "gold", "quality"):
+        if name in ("ingest", "ingest-read", "standardise", "resolve", "curate", "gold",
+                    "quality"):
             p.add_argument("--date", type=_date, required=True, help="extract date (local)")
             p.add_argument("--until", type=_date, help="last extract date of a range")
-        if name == "ingest":
+        if name == "ingest-read":
             p.add_argument("--feed", action="append", metavar="FEED",
-                           help="ingest only this feed (repeatable): a feed of schemas/, or "
-                                "'unrecognised' for files that match no feed")
+                           help="read only this feed's files (repeatable; default: every feed "
+                                "of schemas/)")
+        if name == "ingest":
             p.add_argument("--run-started-at", type=dt.datetime.fromisoformat, metavar="TIME",
                            help="when this run of the day started (ISO 8601; default: now): "
                                 "the time files no earlier run saw are logged as first seen. "
-                                "The daily DAG gives every feed's task its run's start")
+                                "The daily DAG gives its commit task its run's start")
+            p.add_argument("--feed", action="append", metavar="FEED",
+                           help="ingest only this feed (repeatable): a feed of schemas/, or "
+                                "'unrecognised' for files that match no feed")
         if name == "train-model":
             p.add_argument("--date", type=_date, required=True,
                            help="first standardised extract date to train on (an initial load)")

@@ -246,6 +246,16 @@ def daily_job_command(command: str, logical_date: dt.datetime | None, *args: str
     return spark_submit_shell(settings, [command, "--date", day.isoformat(), *args])
 
 
+def daily_python_command(command: str, logical_date: dt.datetime | None, *args: str) -> str:
+    """``healthlake <command> --date D [args]`` in plain Python, for the commands that start no
+    Spark (``ingest-read``): no JVM to wait for."""
+    from jobs.config import load
+
+    day = extract_date_of(logical_date, load().timezone)
+    return shlex.join([sys.executable, str(entrypoint()), command, "--date", day.isoformat(),
+                       *args])
+
+
 def _report_years(event_extract_dates: list[str], logical_date: dt.datetime | None,
                   settings: Settings) -> dict[int, dt.date]:
     """Each year a report run covers -> its latest extract date."""

@@ -15,7 +15,7 @@ import pendulum
 import pytest
 
 from jobs.config import ConfigError, load
-from jobs.contracts import feed_choices
+from jobs.contracts import load_contracts
 from jobs.orchestration import (
     extract_date_of,
     manifests_cutoff,
@@ -31,13 +31,14 @@ VENV_BIN = Path(sys.executable).parent
 SHANGHAI = "Asia/Shanghai"
 UTC = dt.UTC
 
-# One ingest task per feed, in the task group "ingest" (files of no feed: ingest.unrecognised).
-INGEST = [f"ingest.{feed}" for feed in feed_choices()]
+# In the task group "ingest": a read task per feed (no Spark), then one commit.
+READS = [f"ingest.{feed}" for feed in sorted(load_contracts().feeds)]
 EXPECTED = {
     "healthlake_daily": {
         "wait_for_manifests": [],
-        **{task: ["wait_for_manifests"] for task in INGEST},
-        "check_bronze": INGEST,
+        **{task: ["wait_for_manifests"] for task in READS},
+        "ingest.commit": READS,
+        "check_bronze": ["ingest.commit"],
         "standardise": ["check_bronze"],
         "resolve": ["standardise"],
         "curate": ["resolve"],
@@ -49,9 +50,8 @@ EXPECTED = {
     "healthlake_maintenance": {"optimize_and_vacuum": []},
 }
 # Tasks that write Delta tables: each takes the one slot of the Delta pool.
-WRITERS = {*INGEST, "check_bronze", "standardise", "resolve", "curate", "check_silver", "gold",
-           "check_gold", "refresh_year",
-           "optimize_and_vacuum"}
+WRITERS = {"ingest.commit", "check_bronze", "standardise", "resolve", "curate", "check_silver",
+           "gold", "check_gold", "refresh_year", "optimize_and_vacuum"}
 
 
 def _airflow_env(home: Path) -> dict[str, str]:

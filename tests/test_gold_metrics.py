@@ -304,9 +304,11 @@ def test_management_standardised_management_and_control_rates(spark):
     fu += [("mid", "hypertension", dt.datetime(2024, 5, 1), 145, 85, None),
            ("old", "hypertension", dt.datetime(2023, 5, 1), 120, 80, None),
            ("kid", "hypertension", dt.datetime(2024, 5, 1), 110, 70, None)]
+    # Curated follow-ups carry their institution and id (the tie-break of same-time visits).
+    fu = [(*row, "I1", f"F{n}") for n, row in enumerate(fu)]
     followups = spark.createDataFrame(
         fu, "person_id string, condition string, followup_at timestamp, systolic_bp int, "
-            "diastolic_bp int, fasting_glucose double")
+            "diastolic_bp int, fasting_glucose double, institution_id string, followup_id string")
     enc = spark.createDataFrame([("new", "hypertension", dt.datetime(2024, 2, 1))],
                                 "person_id string, condition_family string, visit_at timestamp")
     inputs = M.Inputs(M.Period.year(2024), persons, None, enc, followups, None, None, None,

@@ -123,22 +123,28 @@ def test_day_without_landing_folder_is_logged_as_empty(spark, lake):
     assert read_table(spark, lake, "ops.ingest_log").count() == 0
 
 
+def lake_with_day(root: Path):
+    """A lake with one institution's day: a registry with a bad row, an unlisted encounters
+    file (quarantined whole) and a file of no feed (the unrecognised pseudo-feed)."""
+    settings = make_settings(root)
+    deliver(settings.landing_root, D1, "I1",
+            {"resident_registry.csv": registry_csv("A1", bad_date="2024-13-01"),
+             "encounters.csv": b"visit_id\nV1\n",
+             "notes.txt": b"not a feed\n"},
+            unlisted=("encounters.csv", "notes.txt"))
+    return settings
+
+
+DAY_TABLES = ("bronze.resident_registry", "quarantine.resident_registry",
+              "quarantine.encounters", "ops.ingest_log")
+
+
 def test_ingest_feed_by_feed_leaves_what_one_whole_run_leaves(spark, tmp_path):
-    """The daily DAG ingests each feed in its own task: together they leave the same tables as one
-    run over the day, and re-running one feed's task changes nothing."""
+    """A feed can be ingested alone (`healthlake ingest --feed`): the feeds one by one leave the
+    same tables as one run over the day, and re-running one feed changes nothing."""
     from jobs.contracts import UNRECOGNISED, feed_choices
 
-    def lake_with_day(root: Path):
-        settings = make_settings(root)
-        deliver(settings.landing_root, D1, "I1",
-                {"resident_registry.csv": registry_csv("A1", bad_date="2024-13-01"),
-                 "encounters.csv": b"visit_id\nV1\n",  # unlisted: quarantined as encounters
-                 "notes.txt": b"not a feed\n"},  # no feed's name: the unrecognised pseudo-feed
-                unlisted=("encounters.csv", "notes.txt"))
-        return settings
-
-    tables = ("bronze.resident_registry", "quarantine.resident_registry",
-              "quarantine.encounters", "ops.ingest_log")
+    tables = DAY_TABLES
     whole = lake_with_day(tmp_path / "whole")
     ingest.run(spark, whole, D1)
     by_feed = lake_with_day(tmp_path / "by_feed")
@@ -156,3 +162,56 @@ def test_ingest_feed_by_feed_leaves_what_one_whole_run_leaves(spark, tmp_path):
     assert {t: snapshot(spark, by_feed, t) for t in tables} == expected
     with pytest.raises(ValueError, match="unknown feed"):
         ingest.run(spark, by_feed, D1, ["registry"])
+
+
+def test_feeds_read_ahead_without_spark_then_one_commit_leave_what_one_run_leaves(spark,
+                                                                                  tmp_path):
+    """The daily DAG reads each feed in a plain-Python task (`healthlake ingest-read`) and
+    commits once: the commit loads the staged reads instead of reading the files again, leaves
+    the tables one run leaves, and empties the staging area. A file no read task staged (here
+    the encounters) is read by the commit itself."""
+    import pyarrow.parquet as pq
+
+    whole = lake_with_day(tmp_path / "whole")
+    ingest.run(spark, whole, D1)
+    ahead = lake_with_day(tmp_path / "ahead")
+    read = ingest.read_ahead(ahead, D1, ["resident_registry"])
+    assert read["files"] == 1 and read["rows_in"] == read["rows_loaded"] + read["rows_quarantined"]
+    assert ingest.read_ahead(ahead, D1, ["resident_registry"]) == read  # safe to re-run
+    staging = ingest.staging_dir(ahead, D1.isoformat())
+    (staged,) = staging.glob("*.parquet")
+    file_row = pq.read_table(staged).to_pandas().query("kind == 'file'").iloc[0]
+
+    ingest.run(spark, ahead, D1)
+    assert {t: snapshot(spark, ahead, t) for t in DAY_TABLES} == \
+        {t: snapshot(spark, whole, t) for t in DAY_TABLES}
+    logged = read_table(spark, ahead, "ops.ingest_log").where(
+        "source_file LIKE '%resident_registry%'").first()
+    assert logged["read_ms"] == file_row["read_ms"]  # the staged read, not a second one
+    assert not staging.exists()
+
+
+def test_ingest_read_command_runs_without_spark(tmp_path):
+    """The DAG's read tasks run `healthlake ingest-read` in plain Python: no JVM, no pyspark."""
+    import shlex
+    import subprocess
+    import sys
+
+    from jobs.orchestration import daily_python_command, entrypoint
+    from tests.conftest import settings_env
+
+    lake_with_day(tmp_path)
+    command = daily_python_command("ingest-read", dt.datetime(2024, 4, 14, 16, tzinfo=dt.UTC),
+                                   "--feed", "resident_registry")
+    assert shlex.split(command) == [sys.executable, str(entrypoint()), "ingest-read", "--date",
+                                    D1.isoformat(), "--feed", "resident_registry"]
+    check = ("import runpy, sys\nsys.argv = sys.argv[1:]\nrc = 0\n"
+             "try:\n    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+             "except SystemExit as e:\n    rc = e.code\n"
+             "assert 'pyspark' not in sys.modules, 'pyspark was imported'\nsys.exit(rc)")
+    done = subprocess.run([sys.executable, "-c", check, str(entrypoint()), "--json",
+                           *shlex.split(command)[2:]], env=settings_env(tmp_path),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads(done.stdout)[D1.isoformat()]
+    assert summary["feeds"] == ["resident_registry"] and summary["files"] == 1

@@ -20,12 +20,14 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from jobs.config import Settings
 from jobs.gold.catalogue import MetricCatalogue, load_catalogue
 from jobs.lake import read_table, table_exists, write_table
+from jobs.spark import parallel_jobs
 from jobs.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -135,6 +137,14 @@ def _percent():
     from pyspark.sql import functions as F
 
     return F.when(F.col("denominator") > 0, 100.0 * F.col("numerator") / F.col("denominator"))
+
+
+def ordered_sum(values: Column) -> Column:
+    """The sum of doubles added in ascending order: the same bits whatever order the rows
+    arrive in (a plain sum's last digits follow the shuffle). For small groups (age bands)."""
+    from pyspark.sql import functions as F
+
+    return F.aggregate(F.array_sort(F.collect_list(values)), F.lit(0.0), lambda acc, x: acc + x)
 
 
 def by_grouping_sets(df: DataFrame, sets: list[list[str]], *aggs: Column) -> DataFrame:
@@ -248,7 +258,10 @@ def managed(inputs: Inputs, condition: str) -> DataFrame:
 
     fu = _in_period(inputs.followups.where(F.col("condition") == condition), "followup_at",
                   inputs.period)
-    latest = F.max_by(F.struct("systolic_bp", "diastolic_bp", "fasting_glucose"), "followup_at")
+    # Two follow-ups at the same minute: the institution's and follow-up's ids break the tie,
+    # so the latest is the same one whatever order the rows arrive in.
+    latest = F.max_by(F.struct("systolic_bp", "diastolic_bp", "fasting_glucose"),
+                      F.struct("followup_at", "institution_id", "followup_id"))
     per_person = fu.groupBy("person_id").agg(F.count("*").alias("n_followups"),
                                              latest.alias("last"))
     people = (diagnosed(inputs, condition).join(inputs.persons, "person_id")
@@ -376,8 +389,8 @@ def prevalence_age_standardised(inputs: Inputs, condition: str) -> DataFrame:
     w = crude.sparkSession.createDataFrame(list(weights.items()), "age_band string, w double")
     rows = (crude.join(w, "age_band")
             .groupBy("district_code", "sex")
-            .agg(F.sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
-                 .alias("numerator"), F.sum("w").alias("denominator")))
+            .agg(ordered_sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
+                 .alias("numerator"), ordered_sum(F.col("w")).alias("denominator")))
     return _complete(rows.withColumn("value", _percent()), f"{condition}_prevalence_age_std",
                      inputs.period)
 
@@ -559,42 +572,45 @@ def metrics_for(catalogue: MetricCatalogue, period_type: str) -> list[str]:
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         periods: list[Period] | None = None) -> dict:
     """Recompute gold.metric_value for the periods the extract date touched (or ``periods``):
-    each metric at the period types its catalogue entry lists."""
+    each metric at the period types its catalogue entry lists.
+
+    Gold is small and plan-bound: one union of every metric's sub-plan took longer to plan than
+    to run. So each (period, metric) is computed on its own, side by side from driver threads,
+    over input tables cached once, and kept (lineage cut) until all are done: the run writes them
+    in one commit, so a job killed half-way leaves the table as it was, never half done."""
     watch = Stopwatch()
     catalogue = load_catalogue(settings)
     unknown = set(metric_ids()) - set(catalogue.metrics)
     if unknown:
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
     periods = sorted(periods or periods_touched(spark, settings, extract_date))
-    tables = read_tables(spark, settings)
-    rows, done, written = {}, [], []
+    tables = {name: df.cache() for name, df in read_tables(spark, settings).items()}
+    work = []
     for period in periods:
         wanted = set(metrics_for(catalogue, period.type))
-        if not wanted:
-            continue
         inputs = inputs_for(tables, catalogue, period)
-        frames = [fn(inputs) for mid, fn in METRICS.items() if mid in wanted]
-        frames += [fn(inputs) for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
-        out = frames[0]
-        for f in frames[1:]:
-            out = out.unionByName(f)
-        # Kept (lineage cut) until every period is computed: the run writes them all in one
-        # commit, so a job killed between periods leaves the table as it was, never half done.
-        out = out.localCheckpoint()
-        rows[period.label] = {r["metric_id"]: r["count"] for r in
-                              out.groupBy("metric_id").count().orderBy("metric_id").collect()}
-        done.append(out)
-        written.append(period)
-        watch.lap(period.label)
+        work += [(inputs, fn) for mid, fn in METRICS.items() if mid in wanted]
+        work += [(inputs, fn) for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark)) as pool:
+        done = list(pool.map(lambda job: job[1](job[0]).localCheckpoint(), work))
+    watch.lap("compute")
+    rows: dict[str, dict[str, int]] = {}
+    written = sorted({inputs.period for inputs, _ in work})
     if done:
         result = done[0]
         for out in done[1:]:
             result = result.unionByName(out)
+        result = result.coalesce(1)  # small: one file per metric and commit, not one per piece
+        for r in (result.groupBy("period", "metric_id").count()
+                  .orderBy("period", "metric_id").collect()):
+            rows.setdefault(r["period"], {})[r["metric_id"]] = r["count"]
         write_table(result, settings, "gold.metric_value", replace_where=" OR ".join(
             f"(period_type = '{p.type}' AND period = '{p.label}')" for p in written))
         watch.lap("write")
+    for df in tables.values():
+        df.unpersist()
     summary = {"extract_date": extract_date.isoformat(), "periods": [p.label for p in periods],
                "years": sorted({p.start.year for p in periods}), "rows": rows,
-               "seconds": watch.total}
+               "seconds": watch.total, "seconds_by_step": watch.steps}
     log.info("gold metrics %s: %s", extract_date, summary)
     return summary

@@ -2,13 +2,15 @@
 
 The plan (which files, duplicates, missing ones) is made on the driver; the files are read in
 Spark tasks by the pure reader (:mod:`jobs.ingest.readers`) through ``mapInArrow``, so a cluster
-reads them in parallel. Every table is then written with one atomic Delta commit that replaces
+reads them in parallel; files already read ahead by ``healthlake ingest-read`` (the daily DAG's
+per-feed tasks, plain Python, no Spark) are taken from the staging area instead, and removed
+once loaded. Every table is then written with one atomic Delta commit that replaces
 the extract date's partition: re-running a day gives identical tables, and a run killed half-way
 leaves each table either before or after its commit, never in between. ``ops.ingest_log`` is
 written last and says which files a day's run completed.
 
-A run can take only some feeds (``feeds=["encounters"]``, ``healthlake ingest --feed``): the
-daily DAG ingests each feed in a task of its own. The day's plan is always made whole (so a file
+A run can take only some feeds (``feeds=["encounters"]``, ``healthlake ingest --feed``). The
+day's plan is always made whole (so a file
 duplicated under another feed's name is judged the same way by every feed's run) and then cut
 to the feeds asked for; only their tables and their rows of ``ops.ingest_log`` are replaced.
 Files that belong to no feed contract go with the pseudo-feed ``unrecognised``.
@@ -21,16 +23,24 @@ import hashlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from jobs.config import Settings
 from jobs.contracts import UNRECOGNISED, check_feeds, load_contracts
-from jobs.ingest.plan import DayPlan, load_institutions, mark_duplicates_of_loaded, plan_day
+from jobs.ingest.plan import (
+    DayPlan,
+    PlannedFile,
+    load_institutions,
+    mark_duplicates_of_loaded,
+    plan_day,
+)
 from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
 from jobs.lake import read_table, table_exists, write_table
 from jobs.spark import parallel_jobs
@@ -181,6 +191,89 @@ def _read_ddl() -> str:
     return ", ".join(parts)
 
 
+# -- read ahead, without Spark (the daily DAG's per-feed tasks) ---------------------------------
+
+
+def staging_dir(settings: Settings, extract_date: str) -> Path:
+    """Where ``healthlake ingest-read`` leaves a day's files read ahead of the commit: in the
+    restricted zone, as they hold raw values; emptied by the commit that loads them."""
+    return settings.zone_root("restricted") / "_staging" / "ingest" / extract_date
+
+
+def staged_path(settings: Settings, p: PlannedFile) -> Path:
+    """A planned file's read-ahead result, named after its load (date, file and content): a
+    file delivered again with other bytes is never taken from an old read."""
+    f = p.landed
+    load = ingest_id_of(f.extract_date, f.source_file, p.sha256)
+    return staging_dir(settings, f.extract_date) / f"{load}.parquet"
+
+
+def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> dict:
+    """``healthlake ingest-read --date D --feed F``: read and check the feeds' landed files of
+    the day with the pure reader, in this process (no Spark, no lake write), and leave each
+    file's rows, quarantine rows and counts (READ_SCHEMA) in the staging area. The commit
+    (``healthlake ingest --date D``) takes them from there instead of reading the files again,
+    so the daily DAG reads feeds side by side and starts Spark once. Safe to re-run."""
+    import pyarrow.parquet as pq
+
+    day = extract_date.isoformat()
+    contracts = load_contracts()
+    check_feeds(feeds, contracts)
+    institutions = load_institutions(settings.reference_root)
+    plan = plan_day(settings.landing_root, day, contracts, institutions)
+    files = [p for p in plan.to_read() if feed_of_file(p, contracts) in feeds]
+    staging_dir(settings, day).mkdir(parents=True, exist_ok=True, mode=0o700)
+    by_status: Counter = Counter()
+    rows = Counter()
+    for p in files:
+        started = time.perf_counter()
+        out = read_landed_file(p.landed, contracts.feed(p.landed.feed),
+                               contracts.profiles[p.landed.profile])
+        batch = outcome_to_arrow(p.landed, out, int((time.perf_counter() - started) * 1000))
+        target = staged_path(settings, p)
+        partial = target.with_suffix(".partial")
+        pq.write_table(pa.Table.from_batches([batch], schema=READ_SCHEMA), partial)
+        partial.replace(target)  # a reader never sees half a file
+        by_status[out.status] += 1
+        rows.update(rows_in=out.rows_in, rows_loaded=out.rows_loaded,
+                    rows_quarantined=out.rows_quarantined)
+    summary = {"extract_date": day, "feeds": feeds, "files": len(files),
+               "files_by_status": dict(sorted(by_status.items())),
+               **{k: rows[k] for k in ("rows_in", "rows_loaded", "rows_quarantined")},
+               "staged_in": str(staging_dir(settings, day))}
+    log.info("ingest-read %s: %s", day, summary)
+    return summary
+
+
+def read_planned(spark, settings: Settings, planned: list[PlannedFile]):
+    """READ_SCHEMA rows of the planned files: those ``ingest-read`` staged, from the staging
+    area; the others read now, in Spark tasks. Returns the DataFrame and the staged paths."""
+    from pyspark.sql.types import StructType
+
+    staged = {id(p): staged_path(settings, p) for p in planned}
+    ready = [staged[id(p)] for p in planned if staged[id(p)].exists()]
+    rest = [p.landed for p in planned if not staged[id(p)].exists()]
+    parts = []
+    if ready:
+        parts.append(spark.read.schema(StructType.fromDDL(_read_ddl()))
+                     .parquet(*[str(r) for r in ready]))
+    if rest:
+        parts.append(read_files(spark, rest))
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out, ready
+
+
+def remove_staged(settings: Settings, day: str, loaded: list[Path]) -> None:
+    """After the commit: the read-ahead files it loaded, then the day's folder once empty."""
+    for path in loaded:
+        path.unlink(missing_ok=True)
+    folder = staging_dir(settings, day)
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
 # -- pure transforms ----------------------------------------------------------------------------
 
 
@@ -271,9 +364,9 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     ``feeds`` (names from :func:`jobs.contracts.feed_choices`).
 
     ``run_started_at`` (default: now) is the time this run of the day saw the files, written as
-    ``ingested_at`` for files no earlier run saw. The daily DAG passes its run's start to every
-    feed's task, so one run is one time, as in one whole-day run: the scorecard calls a file late
-    when it was first seen after the day's first run."""
+    ``ingested_at`` for files no earlier run saw. The daily DAG passes its run's start, so a
+    cleared and re-run task keeps its run's time: the scorecard calls a file late when it was
+    first seen after the day's first run."""
     from pyspark import StorageLevel
 
     day = extract_date.isoformat()
@@ -291,11 +384,13 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
 
     timings = {"plan": _lap(started)}
 
-    to_read = [p.landed for p in plan.to_read()]
+    to_read = plan.to_read()
     read_df = None
+    staged: list[Path] = []
     file_stats: dict[str, dict] = {}
     if to_read:
-        read_df = read_files(spark, to_read).persist(StorageLevel.MEMORY_AND_DISK)
+        read_df, staged = read_planned(spark, settings, to_read)
+        read_df = read_df.persist(StorageLevel.MEMORY_AND_DISK)
         file_stats = file_results(read_df)
         timings["read"] = _lap(started, timings)
         mismatches = reconcile(file_stats)
@@ -336,6 +431,7 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     timings["log"] = _lap(started, timings)
     if read_df is not None:
         read_df.unpersist()
+    remove_staged(settings, day, staged)
     summary = _summary(plan, file_stats, day, time.perf_counter() - started)
     if feeds is not None:
         summary = {"feeds": feeds, **summary}
