@@ -141,7 +141,8 @@ def _percent():
 
 def ordered_sum(values: Column) -> Column:
     """The sum of doubles added in ascending order: the same bits whatever order the rows
-    arrive in (a plain sum's last digits follow the shuffle). For small groups (age bands)."""
+    arrive in (a plain sum's last digits follow the shuffle). For small groups (age bands,
+    the reference population's cells)."""
     from pyspark.sql import functions as F
 
     return F.aggregate(F.array_sort(F.collect_list(values)), F.lit(0.0), lambda acc, x: acc + x)
@@ -200,7 +201,8 @@ def over_population(facts: DataFrame, population: DataFrame, metric_id: str, per
              else F.count("*")).alias("numerator")
     num = known_cells(facts.cube(*dims).agg(count, *[grouped_flag(c) for c in dims]), dims)
     den = known_cells(population.cube(*RESIDENT_DIMS).agg(
-        F.sum("population").alias("denominator"), *[grouped_flag(c) for c in RESIDENT_DIMS]),
+        ordered_sum(F.col("population")).alias("denominator"),  # 2/5 of a band: not whole
+        *[grouped_flag(c) for c in RESIDENT_DIMS]),
         RESIDENT_DIMS)
     on = [num[c].eqNullSafe(den[c]) for c in RESIDENT_DIMS]
     joined = den.join(num, on, "left").select(
@@ -386,8 +388,9 @@ def prevalence_age_standardised(inputs: Inputs, condition: str) -> DataFrame:
 
     crude = prevalence_crude(inputs, condition).where(F.col("age_band").isNotNull())
     weights = {b: w * ADULT_SHARE_OF_BAND.get(b, 1.0) for b, w in inputs.standard_weights.items()}
-    w = crude.sparkSession.createDataFrame(list(weights.items()), "age_band string, w double")
-    rows = (crude.join(w, "age_band")
+    # A map literal, not a DataFrame: no Python-fed RDD in a plan the JVM runs from threads.
+    w = F.create_map(*[F.lit(x) for band, v in sorted(weights.items()) for x in (band, v)])
+    rows = (crude.withColumn("w", w[F.col("age_band")]).where(F.col("w").isNotNull())
             .groupBy("district_code", "sex")
             .agg(ordered_sum(F.col("w") * F.coalesce(F.col("value"), F.lit(0.0)) / 100.0)
                  .alias("numerator"), ordered_sum(F.col("w")).alias("denominator")))
@@ -510,7 +513,7 @@ def metric_ids() -> list[str]:
 
 def read_tables(spark: SparkSession, settings: Settings) -> dict[str, DataFrame]:
     """The curated tables and the reference population every period's metrics read."""
-    import pandas as pd
+    from pyspark.sql import functions as F
 
     def table(name: str) -> DataFrame:
         if not table_exists(spark, settings, name):
@@ -518,10 +521,12 @@ def read_tables(spark: SparkSession, settings: Settings) -> dict[str, DataFrame]
                                     "`healthlake curate` first")
         return read_table(spark, settings, name)
 
-    pop = pd.read_csv(settings.reference_root / "population.csv",
-                      dtype={"district_code": str, "age_band": str, "sex": str})
-    population = spark.createDataFrame(
-        pop[["district_code", "age_band", "sex", "population"]].astype({"population": float}))
+    # Read by Spark itself (every column a string), not sent from pandas: cached and read by
+    # concurrent jobs, it needs no Python worker.
+    population = (spark.read.option("header", True)
+                  .csv(str(settings.reference_root / "population.csv"))
+                  .select("district_code", "age_band", "sex",
+                          F.col("population").cast("double").alias("population")))
     names = {"persons": "silver.person", "encounters": "silver.encounter",
              "followups": "silver.chronic_followup", "health_records": "silver.health_record",
              "lab_results": "silver.lab_result", "referrals": "silver.referral",

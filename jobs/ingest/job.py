@@ -216,9 +216,12 @@ def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> d
     so the daily DAG reads feeds side by side and starts Spark once. Safe to re-run."""
     import pyarrow.parquet as pq
 
+    from jobs.operations import secure_zones
+
     day = extract_date.isoformat()
     contracts = load_contracts()
     check_feeds(feeds, contracts)
+    secure_zones(settings)  # the staging area holds raw values: the restricted root's mode first
     institutions = load_institutions(settings.reference_root)
     plan = plan_day(settings.landing_root, day, contracts, institutions)
     files = [p for p in plan.to_read() if feed_of_file(p, contracts) in feeds]
