@@ -168,8 +168,8 @@ def test_feeds_read_ahead_without_spark_then_one_commit_leave_what_one_run_leave
                                                                                   tmp_path):
     """The daily DAG reads each feed in a plain-Python task (`healthlake ingest-read`) and
     commits once: the commit loads the staged reads instead of reading the files again, leaves
-    the tables one run leaves, and empties the staging area. A file no read task staged (here
-    the encounters) is read by the commit itself."""
+    the tables one run leaves, and empties the day's staging area. A file no read task staged
+    (here the encounters) is read by the commit itself."""
     import pyarrow.parquet as pq
 
     whole = lake_with_day(tmp_path / "whole")
@@ -181,6 +181,9 @@ def test_feeds_read_ahead_without_spark_then_one_commit_leave_what_one_run_leave
     staging = ingest.staging_dir(ahead, D1.isoformat())
     (staged,) = staging.glob("*.parquet")
     file_row = pq.read_table(staged).to_pandas().query("kind == 'file'").iloc[0]
+    # A read the commit does not load (say, of a file found to duplicate one loaded earlier):
+    # the day's commit leaves no raw rows behind in staging either.
+    (staging / "not-loaded.parquet").write_bytes(b"")
 
     ingest.run(spark, ahead, D1)
     assert {t: snapshot(spark, ahead, t) for t in DAY_TABLES} == \

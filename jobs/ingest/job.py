@@ -268,11 +268,17 @@ def read_planned(spark, settings: Settings, planned: list[PlannedFile]):
     return out, ready
 
 
-def remove_staged(settings: Settings, day: str, loaded: list[Path]) -> None:
-    """After the commit: the read-ahead files it loaded, then the day's folder once empty."""
+def remove_staged(settings: Settings, day: str, loaded: list[Path], whole_day: bool) -> None:
+    """After the commit: the read-ahead files it loaded; after a whole day's, all of the day's
+    (a file read ahead and then found a duplicate of one loaded earlier is not kept either)."""
+    import shutil
+
+    folder = staging_dir(settings, day)
+    if whole_day:
+        shutil.rmtree(folder, ignore_errors=True)
+        return
     for path in loaded:
         path.unlink(missing_ok=True)
-    folder = staging_dir(settings, day)
     if folder.is_dir() and not any(folder.iterdir()):
         folder.rmdir()
 
@@ -434,7 +440,7 @@ def run(spark, settings: Settings, extract_date: dt.date, feeds: list[str] | Non
     timings["log"] = _lap(started, timings)
     if read_df is not None:
         read_df.unpersist()
-    remove_staged(settings, day, staged)
+    remove_staged(settings, day, staged, whole_day=feeds is None)
     summary = _summary(plan, file_stats, day, time.perf_counter() - started)
     if feeds is not None:
         summary = {"feeds": feeds, **summary}
