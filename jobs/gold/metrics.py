@@ -541,6 +541,8 @@ def inputs_for(tables: dict[str, DataFrame], catalogue: MetricCatalogue, period:
                   **(tables | {"persons": persons_at(tables["persons"], period.end)}))
 
 
+# A day's periods: its month, quarter and year (more only when events arrive for past months).
+DAY_PERIODS = 3
 EVENT_COLUMNS = (("silver.encounter", "visit_at"), ("silver.chronic_followup", "followup_at"),
                  ("silver.lab_result", "reported_at"), ("silver.referral", "referred_at"))
 
@@ -579,10 +581,13 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
     """Recompute gold.metric_value for the periods the extract date touched (or ``periods``):
     each metric at the period types its catalogue entry lists.
 
-    Gold is small and plan-bound: one union of every metric's sub-plan took longer to plan than
-    to run. So each (period, metric) is computed on its own, side by side from driver threads,
-    over input tables cached once, and kept (lineage cut) until all are done: the run writes them
-    in one commit, so a job killed half-way leaves the table as it was, never half done."""
+    Gold is small and plan-bound. A day touches a few periods (its month, quarter and year):
+    each (period, metric) is then computed on its own, side by side from driver threads, as one
+    union of a period's sub-plans took longer to plan than to run in a fresh JVM. Many periods
+    (``--year``: 17) would make hundreds of small jobs: each period is then one union, one
+    after the other. The input tables are cached once; every result is kept (lineage cut) until
+    all are done, and the run writes them in one commit, so a job killed half-way leaves the
+    table as it was, never half done."""
     watch = Stopwatch()
     catalogue = load_catalogue(settings)
     unknown = set(metric_ids()) - set(catalogue.metrics)
@@ -590,14 +595,25 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         raise KeyError(f"metrics computed but not in the catalogue: {sorted(unknown)}")
     periods = sorted(periods or periods_touched(spark, settings, extract_date))
     tables = {name: df.cache() for name, df in read_tables(spark, settings).items()}
-    work = []
+    few = len(periods) <= DAY_PERIODS
+    work = []  # (period, metric functions computed as one plan)
     for period in periods:
         wanted = set(metrics_for(catalogue, period.type))
         inputs = inputs_for(tables, catalogue, period)
-        work += [(inputs, fn) for mid, fn in METRICS.items() if mid in wanted]
-        work += [(inputs, fn) for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
-    with ThreadPoolExecutor(max_workers=parallel_jobs(spark)) as pool:
-        done = list(pool.map(lambda job: job[1](job[0]).localCheckpoint(), work))
+        fns = [fn for mid, fn in METRICS.items() if mid in wanted]
+        fns += [fn for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
+        work += [(inputs, [fn]) for fn in fns] if few else [(inputs, fns)] if fns else []
+
+    def compute(job) -> DataFrame:
+        inputs, fns = job
+        frames = [fn(inputs) for fn in fns]
+        out = frames[0]
+        for f in frames[1:]:
+            out = out.unionByName(f)
+        return out.localCheckpoint()
+
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark) if few else 1) as pool:
+        done = list(pool.map(compute, work))
     watch.lap("compute")
     rows: dict[str, dict[str, int]] = {}
     written = sorted({inputs.period for inputs, _ in work})
