@@ -58,6 +58,14 @@ def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "ap
     writer.save(str(settings.table_path(name)))
 
 
+def union_all(frames: list[DataFrame], allow_missing: bool = False) -> DataFrame:
+    """The rows of every frame, matched by column name (missing columns null when allowed)."""
+    out = frames[0]
+    for frame in frames[1:]:
+        out = out.unionByName(frame, allowMissingColumns=allow_missing)
+    return out
+
+
 # Columns that say when or by which run a row was written, not what it holds.
 RUN_COLUMNS = ("run_id", "read_ms", "validated_at", "seconds")
 # Tables that record runs (who ran what, when), not data: no two runs leave the same rows.

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 from jobs.config import Settings
 from jobs.gold.catalogue import MetricCatalogue, load_catalogue
-from jobs.lake import read_table, table_exists, write_table
+from jobs.lake import read_table, table_exists, union_all, write_table
 from jobs.spark import parallel_jobs
 from jobs.timing import Stopwatch
 
@@ -606,11 +606,7 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
 
     def compute(job) -> DataFrame:
         inputs, fns = job
-        frames = [fn(inputs) for fn in fns]
-        out = frames[0]
-        for f in frames[1:]:
-            out = out.unionByName(f)
-        return out.localCheckpoint()
+        return union_all([fn(inputs) for fn in fns]).localCheckpoint()
 
     with ThreadPoolExecutor(max_workers=parallel_jobs(spark) if few else 1) as pool:
         done = list(pool.map(compute, work))
@@ -618,10 +614,8 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
     rows: dict[str, dict[str, int]] = {}
     written = sorted({inputs.period for inputs, _ in work})
     if done:
-        result = done[0]
-        for out in done[1:]:
-            result = result.unionByName(out)
-        result = result.coalesce(1)  # small: one file per metric and commit, not one per piece
+        # Small: one file per metric and commit, not one per piece.
+        result = union_all(done).coalesce(1)
         for r in (result.groupBy("period", "metric_id").count()
                   .orderBy("period", "metric_id").collect()):
             rows.setdefault(r["period"], {})[r["metric_id"]] = r["count"]

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from jobs.config import Settings
 from jobs.contracts import load_contracts
-from jobs.lake import read_table, table_exists, write_table
+from jobs.lake import read_table, table_exists, union_all, write_table
 from jobs.spark import parallel_jobs
 from jobs.timing import Stopwatch
 
@@ -188,10 +188,7 @@ def duplicate_rate(bronze: dict[str, DataFrame], ingest_log: DataFrame, keys: di
 
 
 def _union(parts: list[DataFrame]) -> DataFrame:
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p, allowMissingColumns=True)
-    return out
+    return union_all(parts, allow_missing=True)
 
 
 def rollup(scorecard: DataFrame, by: list[str]) -> DataFrame:

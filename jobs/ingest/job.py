@@ -42,7 +42,7 @@ from jobs.ingest.plan import (
     plan_day,
 )
 from jobs.ingest.readers import FileOutcome, LandedFile, read_landed_file
-from jobs.lake import read_table, table_exists, write_table
+from jobs.lake import read_table, table_exists, union_all, write_table
 from jobs.spark import parallel_jobs
 
 log = logging.getLogger(__name__)
@@ -157,15 +157,19 @@ def _as_map(names: list[str], table: pa.Table) -> pa.MapArray:
     return pa.MapArray.from_arrays(offsets, keys, stacked.take(pa.array(order.ravel())))
 
 
+def read_one(f: LandedFile, contracts) -> tuple[pa.RecordBatch, FileOutcome]:
+    """One landed file read by the pure reader: its READ_SCHEMA rows and its outcome."""
+    started = time.perf_counter()
+    out = read_landed_file(f, contracts.feed(f.feed), contracts.profiles[f.profile])
+    return outcome_to_arrow(f, out, int((time.perf_counter() - started) * 1000)), out
+
+
 def read_files_in_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """mapInArrow body: each input row is a LandedFile; yields READ_SCHEMA batches."""
     contracts = load_contracts()
     for batch in batches:
         for task in batch.to_pylist():
-            f = LandedFile(**task)
-            started = time.perf_counter()
-            out = read_landed_file(f, contracts.feed(f.feed), contracts.profiles[f.profile])
-            yield outcome_to_arrow(f, out, int((time.perf_counter() - started) * 1000))
+            yield read_one(LandedFile(**task), contracts)[0]
 
 
 def read_files(spark, files: list[LandedFile]):
@@ -229,10 +233,7 @@ def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> d
     by_status: Counter = Counter()
     rows = Counter()
     for p in files:
-        started = time.perf_counter()
-        out = read_landed_file(p.landed, contracts.feed(p.landed.feed),
-                               contracts.profiles[p.landed.profile])
-        batch = outcome_to_arrow(p.landed, out, int((time.perf_counter() - started) * 1000))
+        batch, out = read_one(p.landed, contracts)
         target = staged_path(settings, p)
         partial = target.with_suffix(".partial")
         pq.write_table(pa.Table.from_batches([batch], schema=READ_SCHEMA), partial)
@@ -253,19 +254,16 @@ def read_planned(spark, settings: Settings, planned: list[PlannedFile]):
     area; the others read now, in Spark tasks. Returns the DataFrame and the staged paths."""
     from pyspark.sql.types import StructType
 
-    staged = {id(p): staged_path(settings, p) for p in planned}
-    ready = [staged[id(p)] for p in planned if staged[id(p)].exists()]
-    rest = [p.landed for p in planned if not staged[id(p)].exists()]
+    paths = [(p, staged_path(settings, p)) for p in planned]
+    ready = [path for _, path in paths if path.exists()]
+    rest = [p.landed for p, path in paths if path not in ready]
     parts = []
     if ready:
         parts.append(spark.read.schema(StructType.fromDDL(_read_ddl()))
                      .parquet(*[str(r) for r in ready]))
     if rest:
         parts.append(read_files(spark, rest))
-    out = parts[0]
-    for part in parts[1:]:
-        out = out.unionByName(part)
-    return out, ready
+    return union_all(parts), ready
 
 
 def remove_staged(settings: Settings, day: str, loaded: list[Path], whole_day: bool) -> None:
