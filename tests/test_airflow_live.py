@@ -3,10 +3,11 @@
 1. ``dag.test()`` runs day 1 end to end (every job through spark-submit, as in production) and
    leaves exactly the tables the CLI leaves for the same day;
 2. a real Airflow (``airflow standalone``: scheduler, DAG processor, triggerer, API server, on
-   loopback, SQLite) is driven through its REST API: day 2 succeeds and adds its rows; then day 1
-   runs again, after day 2, and changes nothing. Airflow keeps one run per logical date, so
-   running a day again is clearing its run (``POST .../dagRuns/{id}/clear``), which is what
-   ``AirflowApi.run_day`` does for day 1 (its first run was dag.test's).
+   loopback, SQLite) is driven through its REST API: day 2 succeeds and adds its rows; then day 2
+   runs again and changes nothing. Airflow keeps one run per logical date, so running a day
+   again is clearing its run (``POST .../dagRuns/{id}/clear``), which is what
+   ``AirflowApi.run_day`` does the second time. (A day run again after later days, whose
+   backfill resolves the later days anew, is the fault suite's: tests/faults/test_backfill.py.)
 
 The slowest tests of the suite: every task starts its own Spark (about half a minute each).
 """
@@ -116,10 +117,10 @@ def test_a_real_scheduler_runs_two_days_from_the_rest_api_and_reruns_change_noth
         assert loaded > 0
         after_day2 = fingerprint(spark, lake)
 
-        # Day 1 again, after day 2 (its run is cleared and runs anew): nothing changes, but for
+        # Day 2 again (its run is cleared and runs anew): nothing changes, but for
         # ops.dq_results, the log of every validation, which gains the re-run's results.
         validations = after_day2.pop("ops.dq_results")[0]
-        run_day(D1)
+        run_day(D2)
         again = fingerprint(spark, lake)
         assert again.pop("ops.dq_results")[0] > validations
         assert again == after_day2

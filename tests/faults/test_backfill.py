@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import shutil
 
-import pytest
-
 from jobs.lake import fingerprint, read_table
 from tests.conftest import (
     QUALITY_TABLES,
@@ -32,7 +30,6 @@ from tests.conftest import (
 D1, D2 = SMALL_DAYS
 
 
-@pytest.mark.slow_faults
 def test_a_day_backfilled_after_a_later_one_leaves_what_the_days_in_order_leave(
         spark, small_city, small_city_cli_day1, tmp_path_factory, tally):
     in_order = make_settings(tmp_path_factory.mktemp("in_order"))
