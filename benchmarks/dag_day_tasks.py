@@ -6,7 +6,7 @@ the other, timed. What the live Airflow tests pay per day, without Airflow aroun
 
 The city (two days, seed of conf) is generated under --root once and reused; the lake under it
 is removed first, so every run times the first day on an empty lake. Spark settings are the live
-test's (``tests.test_airflow_live.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT). Updates the
+test's (``tests.test_airflow_live.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT with a full code cache). Updates the
 section "Daily DAG, task by task" of docs/benchmarks.md.
 """
 
@@ -85,7 +85,7 @@ def main() -> None:
         "",
         f"The first day ({day}) of a {args.residents}-resident city on an empty lake, each task's "
         "command as `healthlake_daily` builds it, one after the other, with the live test's "
-        "Spark settings (local[2], 1 GiB driver, C1 JIT).",
+        "Spark settings (local[2], 1 GiB driver, C1 JIT with a full code cache).",
         "",
         "| task | seconds |", "|---|---:|", *rows, f"| **day** | **{total:.0f}** |",
     ])

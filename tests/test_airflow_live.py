@@ -22,7 +22,14 @@ from pathlib import Path
 import pytest
 
 from jobs.background import free_port
-from tests.conftest import SMALL_DAYS, TEST_SECRET, lake_like, make_settings, settings_env
+from tests.conftest import (
+    SHORT_LIVED_DRIVER,
+    SMALL_DAYS,
+    TEST_SECRET,
+    lake_like,
+    make_settings,
+    settings_env,
+)
 
 D1, D2 = SMALL_DAYS
 # Spark settings for tiny data in every spark-submit the tasks start.
@@ -30,8 +37,7 @@ TINY_SPARK = {
     "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
     "HEALTHLAKE_SPARK__CONF__SPARK.DATABRICKS.DELTA.SNAPSHOTPARTITIONS": "1",
     "HEALTHLAKE_SPARK__MASTER": "local[2]",
-    # Short-lived drivers: the C1 compiler only (about a third faster here on tiny data).
-    "HEALTHLAKE_SPARK__CONF": "{spark.driver.extraJavaOptions: -XX:TieredStopAtLevel=1}",
+    "HEALTHLAKE_SPARK__CONF": SHORT_LIVED_DRIVER,
 }
 DAG_TEST = """
 import sys, pendulum

@@ -32,7 +32,14 @@ import pytest
 from jobs.config import PROJECT_ROOT, Settings
 from jobs.lake import fingerprint, read_table, table_exists, table_version
 from jobs.operations import lock_path, writer_lock
-from tests.conftest import QUALITY_TABLES, SMALL_DAYS, WHEN, lake_like, settings_env
+from tests.conftest import (
+    QUALITY_TABLES,
+    SHORT_LIVED_DRIVER,
+    SMALL_DAYS,
+    WHEN,
+    lake_like,
+    settings_env,
+)
 
 D1 = SMALL_DAYS[0]
 # What each stage writes (catalogue name prefixes), in the order of the daily DAG.
@@ -117,7 +124,7 @@ def killed_lake(small_city, tmp_path_factory):
     env = settings_env(root, **{
         "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
         "HEALTHLAKE_SPARK__MASTER": "local[2]",
-        "HEALTHLAKE_SPARK__CONF": "{spark.driver.extraJavaOptions: -XX:TieredStopAtLevel=1}"})
+        "HEALTHLAKE_SPARK__CONF": SHORT_LIVED_DRIVER})
     return {"lake": lake, "env": env, "kills": {}}
 
 
