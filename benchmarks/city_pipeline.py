@@ -13,6 +13,12 @@ day, every stage timed, with peak memory. The scaling runs are this command at o
 One SparkSession with the default configuration (conf/base; the CLI starts one per command, which
 adds a JVM start per stage). Updates the section "Pipeline: <who>, <K> days" of
 docs/benchmarks.md.
+
+A full city's 31 days take longer than one sitting. ``--resume`` keeps the lake and goes on
+from ``progress.json`` under --out: every stage's day (gold's range, train-model) is recorded
+with its seconds once it has committed, so a run that was stopped repeats at most the day it
+was in (every stage replaces its day, so repeating it is safe) and the table adds up the
+recorded seconds, with the number of sittings.
 """
 
 from __future__ import annotations
@@ -34,8 +40,9 @@ START = dt.date(2024, 4, 15)
 SECTION = "Pipeline"
 
 
-def stages(settings) -> list[tuple[str, object]]:
-    """(stage, run(spark, days)) in the order of the daily DAG."""
+def stages(settings) -> list[tuple[str, bool, object]]:
+    """(stage, by_day, run(spark, days)) in the order of the daily DAG; a stage ``by_day`` is
+    run (and recorded) one day at a time, the others once over the phase's days."""
     from jobs.gold import job as gold
     from jobs.ingest import job as ingest
     from jobs.quality import job as quality
@@ -50,10 +57,34 @@ def stages(settings) -> list[tuple[str, object]]:
             return resolve.train_model(spark, settings, days[0], days[0])
         return None
 
-    return [("ingest", each(ingest)), ("standardise", each(standardise)),
-            ("train-model", train), ("resolve", each(resolve)), ("curate", each(curate)),
-            ("quality", each(quality)),
-            ("gold", lambda spark, days: gold.run_days(spark, settings, days))]
+    return [("ingest", True, each(ingest)), ("standardise", True, each(standardise)),
+            ("train-model", False, train), ("resolve", True, each(resolve)),
+            ("curate", True, each(curate)), ("quality", True, each(quality)),
+            ("gold", False, lambda spark, days: gold.run_days(spark, settings, days))]
+
+
+class Progress:
+    """What has run, with its seconds, in ``progress.json``: written after every step, so a
+    stopped run goes on where it was (``--resume``)."""
+
+    def __init__(self, path: Path, params: dict, resume: bool):
+        self.path = path
+        old = json.loads(path.read_text()) if resume and path.exists() else {}
+        if old.get("params") not in (None, params):
+            raise SystemExit(f"{path} is of another run ({old['params']}): drop --resume")
+        self.data = {"params": params, "done": old.get("done", {}),
+                     "sittings": old.get("sittings", 0) + 1,
+                     "peak_gib": old.get("peak_gib", {"driver": 0.0, "jvm": 0.0})}
+
+    def seconds(self, key: str) -> float | None:
+        return self.data["done"].get(key)
+
+    def record(self, key: str, seconds: float) -> None:
+        self.data["done"][key] = seconds
+        peak = self.data["peak_gib"]
+        peak["driver"] = max(peak["driver"], round(peak_rss_gib(), 2))
+        peak["jvm"] = max(peak["jvm"], round(peak_rss_gib(children=True), 2))
+        self.path.write_text(json.dumps(self.data, indent=1))
 
 
 def main() -> None:
@@ -69,6 +100,8 @@ def main() -> None:
     ap.add_argument("--days", type=int, required=True,
                     help="extract days in all: the initial load is all but the last")
     ap.add_argument("--out", default="/tmp/healthlake-bench-pipeline")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the lake and go on from progress.json (a stopped run)")
     args = ap.parse_args()
     if args.days < 2:
         ap.error("--days must be at least 2: an initial load and an incremental day")
@@ -89,19 +122,26 @@ def main() -> None:
                            start_date=START, days=args.days)
         generated_s = round(time.perf_counter() - t0, 1)
         marker.write_text(json.dumps({"params": want, "summary": summary}, default=str))
-    shutil.rmtree(root / "lake", ignore_errors=True)  # every run loads from nothing
-    (root / "residents-match-model.json").unlink(missing_ok=True)
+    progress = Progress(root / "progress.json", want, args.resume)
+    if progress.data["sittings"] == 1:  # a run from nothing (or --resume with nothing done)
+        shutil.rmtree(root / "lake", ignore_errors=True)
+        (root / "residents-match-model.json").unlink(missing_ok=True)
     generated = json.loads(marker.read_text())["summary"]
     spark = get_spark(settings, app_name="benchmark-pipeline")
     days = [START + dt.timedelta(days=i) for i in range(args.days)]
     seconds: dict[str, dict[str, float]] = {"initial": {}, "incremental": {}}
     for phase, phase_days in (("initial", days[:-1]), ("incremental", days[-1:])):
-        for name, run in stages(settings):
-            t0 = time.perf_counter()
-            run(spark, phase_days)
-            seconds[phase][name] = round(time.perf_counter() - t0, 1)
-            print(f"[{time.strftime('%H:%M:%S')}] {phase} {name}: {seconds[phase][name]} s",
-                  flush=True)
+        for name, by_day, run in stages(settings):
+            steps = ([(f"{phase}/{name}/{d}", [d]) for d in phase_days] if by_day
+                     else [(f"{phase}/{name}", phase_days)])
+            for key, step_days in steps:
+                if progress.seconds(key) is None:
+                    t0 = time.perf_counter()
+                    run(spark, step_days)
+                    progress.record(key, round(time.perf_counter() - t0, 1))
+                    print(f"[{time.strftime('%H:%M:%S')}] {key}: {progress.seconds(key)} s",
+                          flush=True)
+            seconds[phase][name] = round(sum(progress.seconds(k) for k, _ in steps), 1)
     log = [v or 0 for v in read_table(spark, settings, "ops.ingest_log").groupBy().sum(
         "rows_in", "rows_loaded", "rows_quarantined").first()]
     persons = read_table(spark, settings, "silver.person").count()
@@ -118,9 +158,12 @@ def main() -> None:
         + (f"in {generated_s} s" if generated_s is not None else "earlier (reused)")
         + f"; rows in {log[0]:,}, loaded {log[1]:,}, quarantined {log[2]:,}; "
         f"{persons:,} persons ({generated.get('residents', '?')} residents generated).  ",
-        f"Peak memory: driver {peak_rss_gib():.1f} GiB, Spark JVM "
-        f"{peak_rss_gib(children=True):.1f} GiB. Whole run "
-        f"{round(time.perf_counter() - started, 1)} s.",
+        f"Peak memory: driver {progress.data['peak_gib']['driver']:.1f} GiB, Spark JVM "
+        f"{progress.data['peak_gib']['jvm']:.1f} GiB. "
+        + (f"Whole run {round(time.perf_counter() - started, 1)} s."
+           if progress.data["sittings"] == 1 else
+           f"Run in {progress.data['sittings']} sittings (`--resume`); the seconds are those "
+           "recorded per stage and day, a stopped day's are its finished re-run's."),
         "",
         f"| stage | initial load, days 1 to {args.days - 1} (s) | incremental day "
         f"{args.days} (s) |",

@@ -6,8 +6,8 @@ the other, timed. What the live Airflow tests pay per day, without Airflow aroun
 
 The city (two days, seed of conf) is generated under --root once and reused; the lake under it
 is removed first, so every run times the first day on an empty lake. Spark settings are the live
-test's (``tests.test_airflow_live.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT with a full code cache). Updates the
-section "Daily DAG, task by task" of docs/benchmarks.md.
+test's (``tests.test_airflow_live.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT with a full code
+cache). Updates the section "Daily DAG, task by task" of docs/benchmarks.md.
 """
 
 from __future__ import annotations
