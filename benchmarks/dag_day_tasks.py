@@ -6,7 +6,7 @@ the other, timed. What the live Airflow tests pay per day, without Airflow aroun
 
 The city (two days, seed of conf) is generated under --root once and reused; the lake under it
 is removed first, so every run times the first day on an empty lake. Spark settings are the live
-test's (``tests.test_airflow_live.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT with a full code
+test's (``tests.conftest.TINY_SPARK``: local[2], 1 GiB driver, C1 JIT with a full code
 cache). Updates the section "Daily DAG, task by task" of docs/benchmarks.md.
 """
 
@@ -53,8 +53,8 @@ def day_tasks(logical_date: dt.datetime) -> list[tuple[str, str]]:
 
 def main() -> None:
     from jobs.generate import generate
-    from tests.conftest import make_settings, settings_env
-    from tests.test_airflow_live import TINY_SPARK, logical_date
+    from tests.conftest import TINY_SPARK, make_settings, settings_env
+    from tests.test_airflow_live import logical_date
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--root", required=True)

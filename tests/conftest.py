@@ -119,6 +119,13 @@ QUALITY_TABLES = ("ops.dq_results", "ops.feed_counts")
 # JVM dies and the task fails (seen as exit 50 and as a gold task retried in the REST test).
 SHORT_LIVED_DRIVER = ("{spark.driver.extraJavaOptions: "
                       "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=240m}")
+# Spark settings for tiny data in every spark-submit the live and fault tests start.
+TINY_SPARK = {
+    "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
+    "HEALTHLAKE_SPARK__CONF__SPARK.DATABRICKS.DELTA.SNAPSHOTPARTITIONS": "1",
+    "HEALTHLAKE_SPARK__MASTER": "local[2]",
+    "HEALTHLAKE_SPARK__CONF": SHORT_LIVED_DRIVER,
+}
 
 
 @pytest.fixture(scope="session")

@@ -23,22 +23,15 @@ import pytest
 
 from jobs.background import free_port
 from tests.conftest import (
-    SHORT_LIVED_DRIVER,
     SMALL_DAYS,
     TEST_SECRET,
+    TINY_SPARK,
     lake_like,
     make_settings,
     settings_env,
 )
 
 D1, D2 = SMALL_DAYS
-# Spark settings for tiny data in every spark-submit the tasks start.
-TINY_SPARK = {
-    "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
-    "HEALTHLAKE_SPARK__CONF__SPARK.DATABRICKS.DELTA.SNAPSHOTPARTITIONS": "1",
-    "HEALTHLAKE_SPARK__MASTER": "local[2]",
-    "HEALTHLAKE_SPARK__CONF": SHORT_LIVED_DRIVER,
-}
 DAG_TEST = """
 import sys, pendulum
 from dags.healthlake_daily import dag

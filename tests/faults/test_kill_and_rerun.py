@@ -34,8 +34,8 @@ from jobs.lake import fingerprint, read_table, table_exists, table_version
 from jobs.operations import lock_path, writer_lock
 from tests.conftest import (
     QUALITY_TABLES,
-    SHORT_LIVED_DRIVER,
     SMALL_DAYS,
+    TINY_SPARK,
     WHEN,
     lake_like,
     settings_env,
@@ -121,10 +121,7 @@ def kill_after_commits(proc: subprocess.Popen, settings: Settings, tables: list[
 def killed_lake(small_city, tmp_path_factory):
     root = tmp_path_factory.mktemp("killed")
     lake = lake_like(small_city, root)
-    env = settings_env(root, **{
-        "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "1g",
-        "HEALTHLAKE_SPARK__MASTER": "local[2]",
-        "HEALTHLAKE_SPARK__CONF": SHORT_LIVED_DRIVER})
+    env = settings_env(root, **TINY_SPARK)
     return {"lake": lake, "env": env, "kills": {}}
 
 
