@@ -16,6 +16,8 @@ INSTALL_REQUIRES = [
     "pandas==3.1.1",
     "pyarrow==26.0.1",
     "openpyxl==3.1.5",
+    # reads the institutions' workbooks (a tenth of openpyxl's time); openpyxl writes exports
+    "python-calamine==0.9.1",
     "xlsxwriter==3.3.1",
     "pyyaml==6.0.3",
     "pypinyin==0.55.0",

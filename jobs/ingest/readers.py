@@ -35,18 +35,23 @@ from jobs.ingest.rules import rule
 
 # Encodings tried to explain a file that does not decode as its contract says.
 CANDIDATE_ENCODINGS = ("utf-8-sig", "gb18030", "utf-16")
-FULLWIDTH = str.maketrans("０１２３４５６７８９ｘＸ", "0123456789xX")
+# What ``errors="surrogateescape"`` makes of a byte that does not decode.
+ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 FORM_PATTERNS = {
-    # Loose on purpose: a mistyped number (check character moved, digits swapped) is still a
-    # resident's record; silver validates the check character and flags it, bronze keeps it.
-    "id_number": re.compile(r"^[0-9Xx]{15,18}$"),
     "phone": re.compile(r"^\+?\d[\d\- ]{5,18}\d$"),
     "area_code": re.compile(r"^\d{6}(\d{3}(\d{3})?)?$"),
     "icd10": re.compile(r"^[A-Z]\d{2}(\.[0-9A-Za-z]{1,4})?$"),
     "integer": re.compile(r"^[+-]?\d+$"),
     "decimal": re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)$"),
 }
+# An identity number: 15 to 18 digits or X once spaces are gone, full-width digits and x counting
+# as their ASCII selves. Loose on purpose: a mistyped number (check character moved, digits
+# swapped) is still a resident's record; silver validates the check character and flags it.
+ID_NUMBER_LOOSE = "^[0-9Xx０-９ｘＸ]{15,18}$"
+# strftime directives of the sources' date formats: the part each gives, its digits.
+DATETIME_PARTS = {"%Y": ("year", 4), "%m": ("month", 2), "%d": ("day", 2), "%H": ("hour", 2),
+                  "%M": ("minute", 2), "%S": ("second", 2)}
 BOOLEAN_VALUES = {"0", "1", "true", "false", "y", "n", "yes", "no", "是", "否"}
 
 
@@ -237,11 +242,14 @@ def _decode_lines(raw: bytes, f: LandedFile, profile: SourceProfile,
                              else chunk.decode("utf-8-sig"))
             except UnicodeDecodeError as exc:
                 lines.append("")  # keeps numbering; reported below
-                bad.append((i, "R_DECODE", f"bytes {chunk[exc.start:exc.end]!r} at offset "
-                            f"{exc.start} are not valid {encoding}",
-                            chunk.decode(encoding, errors="backslashreplace")))
+                bad.append(_undecodable(i, chunk, exc, encoding))
     numbered = [(i, ln.rstrip("\r")) for i, ln in enumerate(lines, start=1)]
     return numbered, bad
+
+
+def _undecodable(line: int, chunk: bytes, exc: UnicodeDecodeError, encoding: str) -> tuple:
+    return (line, "R_DECODE", f"bytes {chunk[exc.start:exc.end]!r} at offset {exc.start} are "
+            f"not valid {encoding}", chunk.decode(encoding, errors="backslashreplace"))
 
 
 def _header_fits(text: str, profile: SourceProfile, expected: set[str]) -> bool:
@@ -290,54 +298,124 @@ def _parse(data: bytes, f: LandedFile, contract: FeedContract, profile: SourcePr
 
 
 def _parse_clean_csv(raw: bytes, profile: SourceProfile, expected: set[str]) -> _Parsed | None:
-    """pyarrow's C++ parser for the common case: no quotes, no blank lines, clean encoding.
+    """pyarrow's C++ parser for every line that needs no second look, the rest line by line.
 
-    Returns None whenever a line-by-line look is needed (a quote may be broken, bytes may not
-    decode, the header may be wrong): the careful path then decides, line by line.
+    A line holding a quote character goes through :func:`_split_line` (a broken quote damages
+    only its own line; pyarrow would run on into the following lines), blank lines are skipped
+    as the careful path skips them, and the rows come out in line order. Returns None when the
+    whole file needs the careful path: a header that does not fit or is quoted, a carriage
+    return that is not part of a line end, bytes that do not decode in a file with line ends of
+    both kinds. A line whose bytes do not decode is quarantined as the careful path does.
     """
-    if b'"' in raw or b"\n\n" in raw or b"\r" in raw:
-        return None
+    crlf = b"\r" in raw
+    if crlf:
+        raw = raw.replace(b"\r\n", b"\n")
+        if b"\r" in raw:
+            return None
+    encoding = profile.encoding
     try:
-        text = raw.decode(profile.encoding)
+        text = raw.decode(encoding)
+        undecodable: list[int] = []
     except UnicodeDecodeError:
-        return None
+        _explain_encoding(raw, profile, expected)  # a whole file in another encoding: rejected
+        if crlf:
+            return None
+        try:  # each undecodable byte becomes one lone surrogate, found again below
+            text = raw.decode(encoding, errors="surrogateescape")
+        except UnicodeDecodeError:
+            return None
+        undecodable = _lines_holding(text, ESCAPED_BYTE)
+        if undecodable[:1] == [0]:
+            return None
     if not _header_fits(text, profile, expected):
         return None
-    text = text.lstrip("\ufeff")
+    all_lines = text.lstrip("\ufeff").split("\n")
+    header_text, delim = all_lines[0], profile.delimiter
+    if '"' in header_text or not header_text.strip():
+        return None
+    header = [h.strip() for h in header_text.split(delim)]
+    if len(set(header)) != len(header) or "" in header:
+        return None  # pyarrow needs distinct names; the careful path reports this file
     rejected: list[tuple[int, str, str, str]] = []
+    for i in undecodable:
+        chunk = all_lines[i].encode(encoding, errors="surrogateescape")
+        try:
+            chunk.decode(encoding)
+        except UnicodeDecodeError as exc:
+            rejected.append(_undecodable(i + 1, chunk, exc, encoding))
+    skip = set(undecodable)
+    special = [i for i, ln in enumerate(all_lines)
+               if i and (not ln or ln.isspace() or '"' in ln or i in skip)]
+    kept = np.delete(np.arange(len(all_lines)), special)  # 0-based, header first
 
     def on_invalid(row) -> str:
-        rejected.append((row.number, "R_FIELDS",
+        line = None if row.number is None else int(kept[row.number - 1]) + 1
+        rejected.append((line, "R_FIELDS",
                          f"{row.actual_columns} fields, header has {row.expected_columns}",
                          row.text))
         return "skip"
 
-    header = [h.strip() for h in text.split("\n", 1)[0].split(profile.delimiter)]
-    if len(set(header)) != len(header) or "" in header:
-        return None  # pyarrow needs distinct names; the careful path reports this file
+    # (pyarrow reads a lone header only when a line end follows it)
+    clean = ("\n".join(all_lines[i] for i in kept) if special else text.lstrip("\ufeff")) + "\n"
     table = pacsv.read_csv(
-        io.BytesIO(text.encode("utf-8")),
+        io.BytesIO(clean.encode("utf-8")),
         read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 26),
-        parse_options=pacsv.ParseOptions(delimiter=profile.delimiter, quote_char=False,
+        parse_options=pacsv.ParseOptions(delimiter=delim, quote_char=False,
                                          newlines_in_values=False, ignore_empty_lines=True,
                                          invalid_row_handler=on_invalid),
         convert_options=pacsv.ConvertOptions(
             column_types={h: pa.string() for h in header}, strings_can_be_null=False))
     if any(n is None for n, *_ in rejected):
         return None
-    n_lines = table.num_rows + len(rejected)
     bad_lines = {n for n, *_ in rejected}
-    lines = [i for i in range(2, n_lines + 2) if i not in bad_lines]
-    text_lines: list[str] = []
-
-    def raw_of(pos: int) -> str:
-        if not text_lines:
-            text_lines.extend(text.split("\n"))
-        return text_lines[lines[pos] - 1]
-
+    lines = [int(i) + 1 for i in kept[1:] if int(i) + 1 not in bad_lines]
     columns = [c.combine_chunks() if isinstance(c, pa.ChunkedArray) else c
                for c in table.columns]
-    return _Parsed(header, columns, lines, raw_of, sorted(rejected), n_lines)
+    quoted = [i for i in special if '"' in all_lines[i] and i not in skip]
+    if quoted:
+        rows, quoted_lines = [], []
+        for i in quoted:
+            fields = _split_line(all_lines[i], delim, len(header))
+            if isinstance(fields, tuple):
+                rejected.append((i + 1, *fields, all_lines[i]))
+            else:
+                rows.append(fields)
+                quoted_lines.append(i + 1)
+        if rows:
+            order = pa.array(np.argsort(np.asarray(lines + quoted_lines), kind="stable"))
+            columns = [pa.concat_arrays([col, pa.array(list(extra), pa.string())]).take(order)
+                       for col, extra in zip(columns, zip(*rows, strict=True), strict=True)]
+            lines = sorted(lines + quoted_lines)
+    return _Parsed(header, columns, lines, lambda pos: all_lines[lines[pos] - 1],
+                   sorted(rejected), len(kept) - 1 + len(quoted) + len(undecodable))
+
+
+def _lines_holding(text: str, pattern: re.Pattern) -> list[int]:
+    """0-based numbers of the lines of ``text`` where ``pattern`` matches, each once."""
+    found: list[int] = []
+    line, pos = 0, 0
+    for m in pattern.finditer(text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
+        if found[-1:] != [line]:
+            found.append(line)
+    return found
+
+
+def _split_line(ln: str, delim: str, width: int) -> list[str] | tuple[str, str]:
+    """One data line's fields, or (rule, message) when its quoting or field count is wrong."""
+    if '"' in ln:
+        if ln.count('"') % 2:
+            return "R_QUOTING", "unbalanced quotes"
+        try:
+            fields = next(csv.reader([ln], delimiter=delim, strict=True))
+        except csv.Error as exc:
+            return "R_QUOTING", f"cannot parse quoting: {exc}"
+    else:
+        fields = ln.split(delim)
+    if len(fields) != width:
+        return "R_FIELDS", f"{len(fields)} fields, header has {width}"
+    return fields
 
 
 def _parse_csv(numbered: list[tuple[int, str]], bad: list[tuple],
@@ -351,22 +429,11 @@ def _parse_csv(numbered: list[tuple[int, str]], bad: list[tuple],
                                                            delimiter=delim))]
     rows, lines, raws, rejected = [], [], [], list(bad)
     rows_in = len(bad)
-    width = len(header)
     for i, ln in content[1:]:
         rows_in += 1
-        if '"' in ln:
-            if ln.count('"') % 2:
-                rejected.append((i, "R_QUOTING", "unbalanced quotes", ln))
-                continue
-            try:
-                fields = next(csv.reader([ln], delimiter=delim, strict=True))
-            except csv.Error as exc:
-                rejected.append((i, "R_QUOTING", f"cannot parse quoting: {exc}", ln))
-                continue
-        else:
-            fields = ln.split(delim)
-        if len(fields) != width:
-            rejected.append((i, "R_FIELDS", f"{len(fields)} fields, header has {width}", ln))
+        fields = _split_line(ln, delim, len(header))
+        if isinstance(fields, tuple):
+            rejected.append((i, *fields, ln))
             continue
         rows.append(fields)
         lines.append(i)
@@ -378,26 +445,34 @@ def _parse_jsonl(numbered: list[tuple[int, str]], bad: list[tuple]) -> _Parsed:
     header: dict[str, None] = {}
     objects, lines, raws, rejected = [], [], [], list(bad)
     rows_in = len(bad)
+    decode = json.JSONDecoder().decode
     for i, ln in numbered:
-        if not ln.strip():
+        if not ln or ln.isspace():
             continue
         rows_in += 1
         try:
-            obj = json.loads(ln)
+            obj = decode(ln)
         except json.JSONDecodeError as exc:
             rejected.append((i, "R_JSON", f"not valid JSON: {exc.msg} at column {exc.colno}", ln))
             continue
         if not isinstance(obj, dict):
             rejected.append((i, "R_JSON", f"a JSON {type(obj).__name__}, not an object", ln))
             continue
-        for k in obj:
-            header.setdefault(k, None)
+        if obj.keys() != header.keys():  # a key not seen before (columns in order of first use)
+            header.update(dict.fromkeys(obj))
         objects.append(obj)
         lines.append(i)
         raws.append(ln)
-    cols = list(header)
-    rows = [[_json_text(o.get(c)) for c in cols] for o in objects]
-    return _Parsed.from_rows(cols, rows, lines, raws, rejected, rows_in)
+    columns = [_json_column([o.get(c) for o in objects]) for c in header]
+    return _Parsed(list(header), columns, lines, raws.__getitem__, sorted(rejected), rows_in)
+
+
+def _json_column(values: list) -> pa.Array:
+    """One key's values as text: strings as sent, null or absent as "", anything else as JSON."""
+    try:
+        return pc.fill_null(pa.array(values, pa.string()), "")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):  # a number, a boolean, an object ...
+        return pa.array([_json_text(v) for v in values], pa.string())
 
 
 def _json_text(v) -> str:
@@ -406,15 +481,13 @@ def _json_text(v) -> str:
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
 
 
-def _xlsx_rows(data: bytes) -> list[tuple]:
-    from openpyxl import load_workbook
+def _xlsx_rows(data: bytes) -> list[list]:
+    """The first sheet's cells, row by row (as a rectangle: short rows padded with "")."""
+    from python_calamine import CalamineWorkbook
 
     try:
-        wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
-        ws = wb.worksheets[0]
-        rows = [tuple(r) for r in ws.iter_rows(values_only=True)]
-        wb.close()
-        return rows
+        sheet = CalamineWorkbook.from_filelike(io.BytesIO(data)).get_sheet_by_index(0)
+        return sheet.to_python(skip_empty_area=False)
     except Exception as exc:  # noqa: BLE001 - any failure to open a workbook is the file's fault
         raise _FileRejected("F_UNREADABLE", f"workbook cannot be opened: {exc}") from None
 
@@ -427,7 +500,7 @@ def _parse_xlsx(data: bytes, contract: FeedContract, profile: SourceProfile) -> 
         raise _FileRejected("F_EMPTY", "workbook has no header row")
     header = [("" if h is None else str(h)).strip() for h in table[0]]
     while header and header[-1] == "":
-        header.pop()  # read-only sheets pad every row to the sheet's widest row
+        header.pop()  # every row comes padded to the sheet's widest row
     rows, lines, raws, rejected = [], [], [], []
     rows_in = 0
     for i, values in enumerate(table[1:], start=2):  # sheet row numbers; row 1 is the header
@@ -543,21 +616,50 @@ def _bad_form(arr: pa.Array, form: str, values: list[str], profile: SourceProfil
         return pc.invert(pc.is_in(arr, pa.array(values, pa.string())))
     if form == "boolean":
         return pc.invert(pc.is_in(pc.utf8_lower(arr), pa.array(sorted(BOOLEAN_VALUES))))
-    if form == "id_number":
-        cleaned = pa.array([v.translate(FULLWIDTH).replace(" ", "").replace("\u3000", "")
-                            for v in arr.to_pylist()], pa.string())
-        return pc.invert(pc.match_substring_regex(cleaned, FORM_PATTERNS["id_number"].pattern))
+    if form == "id_number":  # spaces aside, full-width digits and x count as their ASCII selves
+        cleaned = pc.replace_substring_regex(arr, "[ \u3000]", "")
+        return pc.invert(pc.match_substring_regex(cleaned, ID_NUMBER_LOOSE))
     if form in FORM_PATTERNS:
         return pc.invert(pc.match_substring_regex(arr, FORM_PATTERNS[form].pattern))
     return None
 
 
 def _bad_datetime(arr: pa.Array, fmt: str):
-    """Not parseable with ``fmt``, or not a real calendar value (2024-02-30 parses as 03-01:
-    formatting the parsed value back must give the text that was sent)."""
+    """Not parseable with ``fmt``, or not a real calendar value: 2024-02-30 parses as 03-01, so
+    each part the text gives (year, month, day ...) must be the parsed value's part.
+    Formatting the parsed values back and comparing says the same: pyarrow's strftime costs
+    about 3 us a value, the parts' checks a few more calls; small files format back."""
     parsed = pc.strptime(arr, format=fmt, unit="s", error_is_null=True)
-    round_trip = pc.strftime(parsed, format=fmt)
-    return pc.fill_null(pc.not_equal(round_trip, arr), True)
+    shape = _datetime_shape(fmt)
+    if shape is None or len(arr) < 1000:  # (or a directive not in DATETIME_PARTS)
+        return pc.fill_null(pc.not_equal(pc.strftime(parsed, format=fmt), arr), True)
+    pattern, parts = shape
+    ok = pc.match_substring_regex(arr, pattern)
+    written = pc.if_else(ok, arr, pc.strftime(pa.scalar(0, pa.timestamp("s")), format=fmt))
+    for part, start, stop in parts:  # the text's part (where the shape holds) = the value's
+        text = pc.utf8_slice_codeunits(written, start, stop)
+        ok = pc.and_(ok, pc.equal(pc.cast(text, pa.int64()), getattr(pc, part)(parsed)))
+    return pc.fill_null(pc.invert(ok), True)
+
+
+def _datetime_shape(fmt: str) -> tuple[str, list[tuple[str, int, int]]] | None:
+    """The regex of the text ``fmt`` makes and where each part stands in it, as
+    (part, start, stop); None if ``fmt`` holds a directive beyond DATETIME_PARTS, one twice, or
+    other than ASCII text."""
+    pattern, parts, at = "^", [], 0
+    for literal, directive in re.findall(r"([^%]*)(%.|$)", fmt):
+        if not literal.isascii() or directive in [p for p, _ in parts]:
+            return None
+        pattern, at = pattern + re.escape(literal), at + len(literal)
+        if not directive:
+            continue
+        if directive not in DATETIME_PARTS:
+            return None
+        part, width = DATETIME_PARTS[directive]
+        pattern += rf"\d{{{width}}}"
+        parts.append((directive, (part, at, at + width)))
+        at += width
+    return pattern + "$", [where for _, where in parts]
 
 
 def _form_text(c, profile: SourceProfile) -> str:
