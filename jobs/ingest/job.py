@@ -27,9 +27,9 @@ from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import cache
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
 from jobs.config import Settings
@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 LINEAGE = ["extract_date", "institution_id", "tier", "source_profile", "source_file",
            "source_line", "source_sha256", "ingest_id"]
 
-READ_SCHEMA = pa.schema([
+READ_FIELDS = [
     ("kind", pa.string()),            # bronze | quarantine | file
     ("feed", pa.string()),
     ("extract_date", pa.string()),
@@ -61,7 +61,7 @@ READ_SCHEMA = pa.schema([
     ("source_line", pa.int32()),
     ("source_sha256", pa.string()),
     ("ingest_id", pa.string()),
-    ("values", pa.map_(pa.string(), pa.string())),
+    # here, per feed: values_<feed>, a struct of the feed's columns (see read_schema)
     ("extra_columns", pa.map_(pa.string(), pa.string())),
     ("rule_id", pa.string()),
     ("scope", pa.string()),
@@ -75,7 +75,23 @@ READ_SCHEMA = pa.schema([
     ("missing_optional_columns", pa.string()),
     ("n_bytes", pa.int64()),
     ("read_ms", pa.int64()),
-])
+]
+
+
+@cache
+def read_schema() -> pa.Schema:
+    """What reading files gives: bronze, quarantine and file rows in one table, each bronze row
+    with its values in its feed's struct (``values_<feed>``, the contract's columns as strings),
+    the other feeds' structs null. Per-feed columns let each feed's write read only its own."""
+    feeds = load_contracts().feeds
+    at = [name for name, _ in READ_FIELDS].index("ingest_id") + 1
+    values = [(values_column(feed), pa.struct([(c, pa.string()) for c in contract.column_names]))
+              for feed, contract in sorted(feeds.items())]
+    return pa.schema(READ_FIELDS[:at] + values + READ_FIELDS[at:])
+
+
+def values_column(feed: str) -> str:
+    return f"values_{feed}"
 
 INGEST_LOG_COLUMNS = [
     "extract_date", "institution_id", "tier", "feed", "source_file", "sha256", "n_bytes",
@@ -108,14 +124,15 @@ def ingest_id_of(extract_date: str, source_file: str, sha256: str) -> str:
 
 
 def outcome_to_arrow(f: LandedFile, out: FileOutcome, read_ms: int) -> pa.RecordBatch:
-    """One file's outcome as rows of READ_SCHEMA: its bronze rows (built columnar, as millions
-    of rows pass here), then its quarantine rows, then one file row with the counts."""
+    """One file's outcome as rows of :func:`read_schema`: its bronze rows (built columnar, as
+    millions of rows pass here), then its quarantine rows, then one file row with the counts."""
+    schema = read_schema()
     iid = ingest_id_of(f.extract_date, f.source_file, out.sha256)
     common = {"feed": f.feed, "extract_date": f.extract_date, "institution_id": f.institution_id,
               "tier": f.tier, "source_profile": f.profile, "source_file": f.source_file,
               "source_sha256": out.sha256, "ingest_id": iid}
     n_b = out.rows_loaded
-    small: dict[str, list] = {name: [] for name in READ_SCHEMA.names}  # quarantine + file rows
+    small: dict[str, list] = {name: [] for name in schema.names}  # quarantine + file rows
     for q in out.quarantine:
         for name in small:
             small[name].append(q.get(name))
@@ -131,41 +148,32 @@ def outcome_to_arrow(f: LandedFile, out: FileOutcome, read_ms: int) -> pa.Record
     n_small = len(small["kind"])
     for k, v in common.items():
         small[k] = [v] * n_small
-    small_batch = pa.RecordBatch.from_pydict(small, schema=READ_SCHEMA)
+    small_batch = pa.RecordBatch.from_pydict(small, schema=schema)
     if not n_b:
         return small_batch
     b = out.bronze
-    big = {name: pa.nulls(n_b, READ_SCHEMA.field(name).type) for name in READ_SCHEMA.names}
+    big = {name: pa.nulls(n_b, schema.field(name).type) for name in schema.names}
     for k, v in common.items():
         big[k] = pa.repeat(pa.scalar(v, pa.string()), n_b)
     big["kind"] = pa.repeat(pa.scalar("bronze", pa.string()), n_b)
-    big["values"] = _as_map([c for c in b.column_names
-                             if c not in ("extra_columns", "source_line")], b)
+    values = schema.field(values_column(f.feed)).type
+    big[values_column(f.feed)] = pa.StructArray.from_arrays(
+        [b.column(v.name).combine_chunks() for v in values], fields=list(values))
     big["extra_columns"] = b.column("extra_columns").combine_chunks()
     big["source_line"] = b.column("source_line").combine_chunks()
-    big_batch = pa.RecordBatch.from_pydict(big, schema=READ_SCHEMA)
+    big_batch = pa.RecordBatch.from_pydict(big, schema=schema)
     return pa.Table.from_batches([big_batch, small_batch]).combine_chunks().to_batches()[0]
 
 
-def _as_map(names: list[str], table: pa.Table) -> pa.MapArray:
-    """Columns -> one map<string,string> per row ({column: value}), without Python loops."""
-    n, k = table.num_rows, len(names)
-    offsets = pa.array(np.arange(0, n * k + 1, k, dtype=np.int32))
-    keys = pa.array(np.tile(np.array(names, dtype=object), n), pa.string())
-    stacked = pa.concat_arrays([table.column(c).combine_chunks() for c in names])
-    order = (np.arange(k, dtype=np.int64)[None, :] * n + np.arange(n, dtype=np.int64)[:, None])
-    return pa.MapArray.from_arrays(offsets, keys, stacked.take(pa.array(order.ravel())))
-
-
 def read_one(f: LandedFile, contracts) -> tuple[pa.RecordBatch, FileOutcome]:
-    """One landed file read by the pure reader: its READ_SCHEMA rows and its outcome."""
+    """One landed file read by the pure reader: its :func:`read_schema` rows and outcome."""
     started = time.perf_counter()
     out = read_landed_file(f, contracts.feed(f.feed), contracts.profiles[f.profile])
     return outcome_to_arrow(f, out, int((time.perf_counter() - started) * 1000)), out
 
 
 def read_files_in_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    """mapInArrow body: each input row is a LandedFile; yields READ_SCHEMA batches."""
+    """mapInArrow body: each input row is a LandedFile; yields :func:`read_schema` batches."""
     contracts = load_contracts()
     for batch in batches:
         for task in batch.to_pylist():
@@ -173,7 +181,7 @@ def read_files_in_task(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
 
 
 def read_files(spark, files: list[LandedFile]):
-    """A DataFrame of READ_SCHEMA for the files, read in parallel Spark tasks."""
+    """A DataFrame of :func:`read_schema` for the files, read in parallel Spark tasks."""
     from pyspark.sql.types import StructType
 
     rows = [asdict(f) for f in files]
@@ -188,11 +196,15 @@ def read_files(spark, files: list[LandedFile]):
 
 def _read_ddl() -> str:
     types = {pa.string(): "string", pa.int32(): "int", pa.int64(): "long"}
-    parts = []
-    for fld in READ_SCHEMA:
-        t = "map<string,string>" if pa.types.is_map(fld.type) else types[fld.type]
-        parts.append(f"`{fld.name}` {t}")
-    return ", ".join(parts)
+
+    def ddl(t: pa.DataType) -> str:
+        if pa.types.is_map(t):
+            return "map<string,string>"
+        if pa.types.is_struct(t):
+            return "struct<" + ",".join(f"`{f.name}`:{ddl(f.type)}" for f in t) + ">"
+        return types[t]
+
+    return ", ".join(f"`{fld.name}` {ddl(fld.type)}" for fld in read_schema())
 
 
 # -- read ahead, without Spark (the daily DAG's per-feed tasks) ---------------------------------
@@ -205,17 +217,19 @@ def staging_dir(settings: Settings, extract_date: str) -> Path:
 
 
 def staged_path(settings: Settings, p: PlannedFile) -> Path:
-    """A planned file's read-ahead result, named after its load (date, file and content): a
-    file delivered again with other bytes is never taken from an old read."""
+    """A planned file's read-ahead result, named after its load (date, file and content) and
+    the read schema: a file delivered again with other bytes, or staged by a version of
+    healthlake that read into another schema, is never taken from an old read."""
     f = p.landed
     load = ingest_id_of(f.extract_date, f.source_file, p.sha256)
-    return staging_dir(settings, f.extract_date) / f"{load}.parquet"
+    schema_tag = hashlib.sha256(str(read_schema()).encode()).hexdigest()[:8]
+    return staging_dir(settings, f.extract_date) / f"{load}.{schema_tag}.parquet"
 
 
 def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> dict:
     """``healthlake ingest-read --date D --feed F``: read and check the feeds' landed files of
     the day with the pure reader, in this process (no Spark, no lake write), and leave each
-    file's rows, quarantine rows and counts (READ_SCHEMA) in the staging area. The commit
+    file's rows, quarantine rows and counts (:func:`read_schema`) in staging. The commit
     (``healthlake ingest --date D``) takes them from there instead of reading the files again,
     so the daily DAG reads feeds side by side and starts Spark once. Safe to re-run."""
     import pyarrow.parquet as pq
@@ -236,7 +250,7 @@ def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> d
         batch, out = read_one(p.landed, contracts)
         target = staged_path(settings, p)
         partial = target.with_suffix(".partial")
-        pq.write_table(pa.Table.from_batches([batch], schema=READ_SCHEMA), partial)
+        pq.write_table(pa.Table.from_batches([batch], schema=read_schema()), partial)
         partial.replace(target)  # a reader never sees half a file
         by_status[out.status] += 1
         rows.update(rows_in=out.rows_in, rows_loaded=out.rows_loaded,
@@ -250,7 +264,7 @@ def read_ahead(settings: Settings, extract_date: dt.date, feeds: list[str]) -> d
 
 
 def read_planned(spark, settings: Settings, planned: list[PlannedFile]):
-    """READ_SCHEMA rows of the planned files: those ``ingest-read`` staged, from the staging
+    """:func:`read_schema` rows of the planned files: those ``ingest-read`` staged, from the staging
     area; the others read now, in Spark tasks. Returns the DataFrame and the staged paths."""
     from pyspark.sql.types import StructType
 
@@ -290,7 +304,7 @@ def bronze_rows(read_df, feed: str, columns: list[str]):
 
     rows = read_df.where((F.col("kind") == "bronze") & (F.col("feed") == feed))
     return rows.select(
-        *[F.col("values").getItem(c).alias(c) for c in columns],
+        *[F.col(values_column(feed))[c].alias(c) for c in columns],
         "extra_columns",
         F.to_date("extract_date").alias("extract_date"),
         *[c for c in LINEAGE if c != "extract_date"],
