@@ -59,7 +59,7 @@ def record_export(path: Path | str, rows: int, **detail) -> None:
                           at=_now()))
 
 
-def record_read(settings: Settings, name: str) -> None:
+def record_read(settings: Settings, name: str, spark=None) -> None:
     """A read of a restricted table (by :func:`jobs.lake.read_table`); once per table and
     version in a command. Nothing when ``operations.audit`` is off."""
     from jobs.operations import operations_settings
@@ -68,13 +68,13 @@ def record_read(settings: Settings, name: str) -> None:
         return
     from jobs.lake import table_version
 
-    path = settings.table_path(name)
-    version = table_version(settings, name)
+    path = settings.table_location(name)
+    version = table_version(settings, name, spark)
     if any(e.action == "read_restricted" and e.target == name and e.table_version == version
            for e in _pending):
         return
     _pending.append(Event("read_restricted", name, table_version=version, at=_now(),
-                          path=str(path)))
+                          path=path))
 
 
 def _now() -> dt.datetime:
@@ -109,7 +109,7 @@ def write(spark, settings: Settings, rows) -> None:
     """Append to the audit table, created append-only on first use."""
     from delta.tables import DeltaTable
 
-    path = str(settings.table_path(AUDIT_TABLE))
+    path = settings.table_location(AUDIT_TABLE)
     (DeltaTable.createIfNotExists(spark).location(path).addColumns(rows.schema)
      .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
      .property("delta.appendOnly", "true").execute())

@@ -23,13 +23,13 @@ def run(spark, settings: Settings) -> dict:
     back = sorted(tuple(r) for r in read_table(spark, settings, "ops.smoke_check").collect())
     if back != sorted(rows):
         raise RuntimeError(f"Delta round trip differs: wrote {rows}, read {back}")
-    path = settings.table_path("ops.smoke_check")
-    history = DeltaTable.forPath(spark, str(path)).history(1).collect()[0]
+    path = settings.table_location("ops.smoke_check")
+    history = DeltaTable.forPath(spark, path).history(1).collect()[0]
     return {
         "spark_version": spark.version,
         "master": spark.sparkContext.master,
         "table": "ops.smoke_check",
-        "path": str(path),
+        "path": path,
         "rows_round_trip": len(back),
         "delta_version": history["version"],
         "delta_operation": history["operation"],

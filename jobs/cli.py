@@ -52,7 +52,7 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> dict:
     return {
         "timezone": settings.timezone,
         "landing_root": settings.landing_root,
-        "zones": {z: settings.zone_root(z) for z in settings.paths.zones},
+        "zones": {z: settings.zone_location(z) for z in settings.paths.zones},
         "spark": {"master": settings.spark.master, **settings.spark.conf},
         "secrets": {k: f"env {v.env} / file {v.file}" for k, v in settings.secrets.items()},
         "tables": len(settings.tables),

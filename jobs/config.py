@@ -24,6 +24,8 @@ from typing import Any, Literal, Union
 import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# A location with a scheme (hdfs://namenode/lake, s3a://bucket/lake, file:///srv/lake).
+URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://")
 ENV_PREFIX = "HEALTHLAKE_"
 
 
@@ -45,7 +47,12 @@ class PathsSettings:
     late_deliveries_root: str
     reference_root: str
     cache_root: str
+    # A zone root is a local (or mounted) directory, or a URI Spark and Delta open (hdfs://,
+    # s3a://, abfss://, gs://, file://).
     zones: dict[str, str]
+    # The local side of a zone addressed by URI (its writer lock, Great Expectations project,
+    # staged reads): local_state/<zone>. A zone on a local directory keeps them inside it.
+    local_state: str = "data/local-state"
 
 
 @dataclass(frozen=True)
@@ -138,8 +145,28 @@ class Settings:
     def reference_root(self) -> Path:
         return self.path(self.paths.reference_root)
 
+    def zone_is_uri(self, zone: str) -> bool:
+        return bool(URI.match(self.paths.zones[zone]))
+
+    def zone_location(self, zone: str) -> str:
+        """Where a zone's tables are, as Spark and Delta open it: the configured URI, or the
+        local directory's absolute path."""
+        root = self.paths.zones[zone]
+        return root.rstrip("/") if URI.match(root) else str(self.path(root))
+
     def zone_root(self, zone: str) -> Path:
+        """A zone on a local or mounted file system: its directory."""
+        if self.zone_is_uri(zone):
+            raise ConfigError(f"zone {zone} is at {self.zone_location(zone)}, not a local "
+                              "directory: use zone_location (tables) or local_dir (local state)")
         return self.path(self.paths.zones[zone])
+
+    def local_dir(self, zone: str) -> Path:
+        """Where a zone's local state lives (writer lock, Great Expectations project, staged
+        reads): the zone's own directory, or local_state/<zone> for a zone addressed by URI."""
+        if self.zone_is_uri(zone):
+            return self.path(self.paths.local_state) / zone
+        return self.zone_root(zone)
 
     def table(self, name: str) -> TableSpec:
         try:
@@ -148,7 +175,13 @@ class Settings:
             known = ", ".join(sorted(self.tables))
             raise ConfigError(f"unknown table {name!r}; the catalogue has: {known}") from None
 
+    def table_location(self, name: str) -> str:
+        """Where a catalogued table is, as Spark and Delta open it (a URI or a local path)."""
+        spec = self.table(name)
+        return f"{self.zone_location(spec.zone)}/{spec.path}"
+
     def table_path(self, name: str) -> Path:
+        """A catalogued table's directory, for a zone on a local or mounted file system."""
         spec = self.table(name)
         return self.zone_root(spec.zone) / spec.path
 
@@ -175,7 +208,7 @@ class Settings:
         """A secret's file is the pipeline user's alone and lives outside the lake: never in
         a zone or the landing area, where jobs, backups or analysts could read it."""
         real = path.resolve()
-        for root in [self.landing_root, *map(self.zone_root, self.paths.zones)]:
+        for root in [self.landing_root, *map(self.local_dir, self.paths.zones)]:
             if real.is_relative_to(root.resolve()):
                 raise ConfigError(f"secret file {path} is inside the lake ({root}); keep it "
                                   f"outside every zone and the landing area ({key} in {where})")

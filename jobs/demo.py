@@ -97,7 +97,8 @@ def run(settings: Settings, args: argparse.Namespace) -> dict:
             "ground truth": settings.ground_truth_root,
             "reference data": settings.reference_root,
             "late deliveries (held back)": settings.late_deliveries_root,
-            "lake": ", ".join(f"{z}: {settings.zone_root(z)}" for z in settings.paths.zones),
+            "lake": ", ".join(f"{z}: {settings.zone_location(z)}"
+                              for z in settings.paths.zones),
             "tables": ", ".join(sorted(settings.tables)),
             "try": "healthlake quarantine --rule R_FORM; healthlake deliver-late --date "
                    f"{days[0]} && healthlake ingest --date {days[0]}; healthlake er-eval",

@@ -17,13 +17,27 @@ if TYPE_CHECKING:
 def table_exists(spark: SparkSession, settings: Settings, name: str) -> bool:
     from delta.tables import DeltaTable
 
-    path = settings.table_path(name)
-    return path.exists() and DeltaTable.isDeltaTable(spark, str(path))
+    spec = settings.table(name)
+    if not settings.zone_is_uri(spec.zone) and not settings.table_path(name).exists():
+        return False  # (a quick answer on a local file system, without the JVM)
+    return DeltaTable.isDeltaTable(spark, settings.table_location(name))
 
 
-def table_version(settings: Settings, name: str) -> int | None:
-    """A catalogued table's latest committed Delta version, from its log's file names (no Spark
-    job); None when it has never been written."""
+def table_version(settings: Settings, name: str, spark: SparkSession | None = None
+                  ) -> int | None:
+    """A catalogued table's latest committed Delta version; None when it has never been
+    written. On a local file system from its log's file names (no Spark); a table addressed by
+    URI asks Delta, through ``spark``."""
+    if settings.zone_is_uri(settings.table(name).zone):
+        if spark is None:
+            raise ValueError(f"the version of {name} (at {settings.table_location(name)}) "
+                             "needs a SparkSession")
+        if not table_exists(spark, settings, name):
+            return None
+        from delta.tables import DeltaTable
+
+        return DeltaTable.forPath(spark, settings.table_location(name)).history(1).first()[
+            "version"]
     log_dir = settings.table_path(name) / "_delta_log"
     versions = [int(p.stem) for p in log_dir.glob("*.json") if p.stem.isdigit()]
     return max(versions) if versions else None
@@ -33,13 +47,13 @@ def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
     """Read a catalogued table; a clear error if it has never been written. Reads of the
     restricted zone are recorded for the audit log (:mod:`jobs.audit`)."""
     if not table_exists(spark, settings, name):
-        raise FileNotFoundError(
-            f"table {name} has not been written yet (expected at {settings.table_path(name)})")
+        raise FileNotFoundError(f"table {name} has not been written yet (expected at "
+                                f"{settings.table_location(name)})")
     if settings.table(name).zone == "restricted":
         from jobs import audit
 
-        audit.record_read(settings, name)
-    return spark.read.format("delta").load(str(settings.table_path(name)))
+        audit.record_read(settings, name, spark)
+    return spark.read.format("delta").load(settings.table_location(name))
 
 
 def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "append",
@@ -55,7 +69,7 @@ def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "ap
         writer = writer.option("replaceWhere", replace_where)
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
-    writer.save(str(settings.table_path(name)))
+    writer.save(settings.table_location(name))
 
 
 def union_all(frames: list[DataFrame], allow_missing: bool = False) -> DataFrame:

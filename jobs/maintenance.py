@@ -34,7 +34,7 @@ def run(spark, settings: Settings, retention_hours: float = MIN_VACUUM_RETENTION
     zorder_by = orchestration_settings(settings).maintenance_zorder_by
     summary: dict[str, str] = {}
     for name in sorted(settings.tables):
-        path = str(settings.table_path(name))
+        path = settings.table_location(name)
         if not DeltaTable.isDeltaTable(spark, path):
             summary[name] = "not written yet"
             continue

@@ -70,7 +70,7 @@ def _is_mode(text: str) -> bool:
 
 
 def lock_path(settings: Settings):
-    return settings.zone_root("ops") / LOCK_FILE
+    return settings.local_dir("ops") / LOCK_FILE
 
 
 @contextmanager
@@ -121,11 +121,13 @@ def _busy_message(path, command: str, waited: float) -> str:
 
 
 def secure_zones(settings: Settings) -> dict[str, str]:
-    """Create every zone root and give it its configured mode; returns zone -> mode set."""
+    """Create every zone's local directory and give it its configured mode; returns zone ->
+    mode set. A zone addressed by URI gets its permissions from the store (HDFS ACLs, bucket
+    policies): only its local state directory is made and given the mode here."""
     modes = operations_settings(settings).zone_modes
     done = {}
     for zone in settings.paths.zones:
-        root = settings.zone_root(zone)
+        root = settings.local_dir(zone)
         root.mkdir(parents=True, exist_ok=True)
         if zone in modes:
             os.chmod(root, int(str(modes[zone]), 8))

@@ -213,7 +213,7 @@ def _read_ddl() -> str:
 def staging_dir(settings: Settings, extract_date: str) -> Path:
     """Where ``healthlake ingest-read`` leaves a day's files read ahead of the commit: in the
     restricted zone, as they hold raw values; emptied by the commit that loads them."""
-    return settings.zone_root("restricted") / "_staging" / "ingest" / extract_date
+    return settings.local_dir("restricted") / "_staging" / "ingest" / extract_date
 
 
 def staged_path(settings: Settings, p: PlannedFile) -> Path:
@@ -530,13 +530,13 @@ def _remove_superseded(spark, settings: Settings, superseded: dict[str, str], da
     from pyspark.sql import functions as F
 
     later = F.col("extract_date") > F.lit(day).cast("date")
-    log_table = DeltaTable.forPath(spark, str(settings.table_path("ops.ingest_log")))
+    log_table = DeltaTable.forPath(spark, settings.table_location("ops.ingest_log"))
     copies = [r["source_file"] for r in log_table.toDF().where(
         F.col("sha256").isin(list(superseded)) & later).select("source_file").collect()]
     for name in settings.tables:
         if name == "ops.ingest_log" or not table_exists(spark, settings, name):
             continue
-        table = DeltaTable.forPath(spark, str(settings.table_path(name)))
+        table = DeltaTable.forPath(spark, settings.table_location(name))
         columns = table.toDF().columns
         if "source_sha256" in columns:
             table.delete(F.col("source_sha256").isin(list(superseded)) & later)

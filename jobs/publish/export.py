@@ -320,7 +320,7 @@ def read_rows(spark: SparkSession, settings: Settings, table: str, spec: Publish
     from jobs.lake import read_table, table_version
 
     df = read_table(spark, settings, table).where(period_filter(spec.tables[table], period))
-    return df.toPandas(), table_version(settings, table)
+    return df.toPandas(), table_version(settings, table, spark)
 
 
 def prepare(spark: SparkSession, settings: Settings, names: list[str], period: Period,

@@ -488,13 +488,13 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
     if not (metrics["period"].astype(str) == str(year)).any():
         raise FileNotFoundError(f"gold.metric_value holds no yearly metrics of {year}: run "
                                 f"`healthlake gold --year {year}`")
-    versions = {"gold.metric_value": table_version(settings, "gold.metric_value")}
+    versions = {"gold.metric_value": table_version(settings, "gold.metric_value", spark)}
     scores = pd.DataFrame(columns=["year", "area_level", "area_code", "index_name", "score",
                                    "rank", "change"])
     if table_exists(spark, settings, "gold.index_score"):
         scores = (read_table(spark, settings, "gold.index_score")
                   .where(F.col("year") <= year).toPandas())
-        versions["gold.index_score"] = table_version(settings, "gold.index_score")
+        versions["gold.index_score"] = table_version(settings, "gold.index_score", spark)
     dq = pd.DataFrame(columns=["metric_id", "level", "code", "numerator", "denominator",
                                "value"])
     if table_exists(spark, settings, "gold.dq_scorecard"):
@@ -508,7 +508,7 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
                  .withColumnRenamed("tier", "code")]
         cols = ["metric_id", "level", "code", "numerator", "denominator", "value"]
         dq = pd.concat([p.select(*cols).toPandas() for p in parts], ignore_index=True)
-        versions["gold.dq_scorecard"] = table_version(settings, "gold.dq_scorecard")
+        versions["gold.dq_scorecard"] = table_version(settings, "gold.dq_scorecard", spark)
     return ReportData(year, suppress_all(metrics, catalogue, spec), scores, dq, versions,
                       dt.datetime.now(ZoneInfo(settings.timezone)))
 

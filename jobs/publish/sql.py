@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from jobs.config import Settings, TableSpec
+from jobs.config import URI, Settings, TableSpec
 from jobs.publish.settings import RESTRICTED_ZONE, PublishSettings, load_publish
 
 if TYPE_CHECKING:
@@ -48,18 +48,26 @@ class AnalystCatalogue:
     """The tables analysts see, and the roots their files may lie under."""
 
     tables: dict[str, TableSpec]
-    roots: tuple[Path, ...]
+    roots: tuple[str, ...]          # zone locations (see location())
     restricted: dict[str, TableSpec]
-    restricted_root: Path
+    restricted_root: str
 
 
 def analyst_catalogue(settings: Settings, spec: PublishSettings) -> AnalystCatalogue:
     zones = [z for z in spec.sql.zones if z != RESTRICTED_ZONE]
     return AnalystCatalogue(
         tables={n: t for n, t in settings.tables.items() if t.zone in zones},
-        roots=tuple(settings.zone_root(z).resolve() for z in zones),
+        roots=tuple(location(settings.zone_location(z)) for z in zones),
         restricted={n: t for n, t in settings.tables.items() if t.zone == RESTRICTED_ZONE},
-        restricted_root=settings.zone_root(RESTRICTED_ZONE).resolve())
+        restricted_root=location(settings.zone_location(RESTRICTED_ZONE)))
+
+
+def location(where: str) -> str:
+    """A file's or a zone's location in one form to compare: a local path (or ``file:`` URI)
+    as its resolved absolute path, any other URI (hdfs://, s3a:// ...) as it is."""
+    if URI.match(where) and not where.startswith("file:"):
+        return where.rstrip("/")
+    return Path(re.sub(r"^file:(//)?", "", where)).resolve().as_posix()
 
 
 # -- the checks (pure) --------------------------------------------------------------------------
@@ -86,7 +94,7 @@ def check_query(text: str, catalogue: AnalystCatalogue) -> str:
         raise RefusedQuery(
             f"{name} is in the restricted zone (identifiers in clear, rows as received): it is "
             "not open to analysts. Query the curated tables (`healthlake tables` lists them)")
-    if _PATH_READ.search(bare) or catalogue.restricted_root.as_posix() in code:
+    if _PATH_READ.search(bare) or catalogue.restricted_root in code:
         raise RefusedQuery("files are not read by path here: query the catalogued tables by "
                            "name (`healthlake tables` lists them)")
     return code
@@ -95,9 +103,9 @@ def check_query(text: str, catalogue: AnalystCatalogue) -> str:
 def check_files(files: list[str], catalogue: AnalystCatalogue) -> None:
     """Every file a planned query reads lies under an analyst zone."""
     for uri in files:
-        path = Path(re.sub(r"^file:(//)?", "", uri)).resolve()
-        if not any(path.is_relative_to(root) for root in catalogue.roots):
-            raise RefusedQuery(f"the query would read {path}, outside the analyst zones")
+        where = location(uri)
+        if not any(where == root or where.startswith(root + "/") for root in catalogue.roots):
+            raise RefusedQuery(f"the query would read {where}, outside the analyst zones")
 
 
 def format_result(rows: pd.DataFrame, fmt: str, truncated: bool = False) -> str:
@@ -131,10 +139,10 @@ def register_tables(spark: SparkSession, settings: Settings, catalogue: AnalystC
         if not table_exists(spark, settings, name):
             continue
         layer, _, table = name.partition(".")
-        location = settings.table_path(name).resolve().as_posix().replace("'", "\\'")
+        where = location(settings.table_location(name)).replace("'", "\\'")
         spark.sql(f"CREATE DATABASE IF NOT EXISTS `{layer}`")
         spark.sql(f"CREATE TABLE IF NOT EXISTS `{layer}`.`{table}` USING delta "
-                  f"LOCATION '{location}'")
+                  f"LOCATION '{where}'")
         names.append(name)
     return names
 

@@ -89,7 +89,7 @@ def gx_context(settings: Settings, q: QualitySettings | None = None):
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     q = q or quality_settings(settings)
-    root = settings.zone_root("ops") / "great_expectations"
+    root = settings.local_dir("ops") / "great_expectations"
     root.mkdir(parents=True, exist_ok=True)
     context = gx.get_context(mode="file", project_root_dir=str(root))
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
@@ -108,7 +108,7 @@ def gx_context(settings: Settings, q: QualitySettings | None = None):
 
 
 def data_docs_index(settings: Settings):
-    return (settings.zone_root("ops") / "great_expectations" / "gx" / "uncommitted"
+    return (settings.local_dir("ops") / "great_expectations" / "gx" / "uncommitted"
             / "data_docs" / "local_site" / "index.html")
 
 

@@ -83,7 +83,7 @@ def merge_into(spark: SparkSession, settings: Settings, rows: DataFrame, spec: C
         write_table(rows, settings, spec.table, mode="overwrite")
         return
     keys = ["institution_id", *spec.key]
-    target = DeltaTable.forPath(spark, str(settings.table_path(spec.table)))
+    target = DeltaTable.forPath(spark, settings.table_location(spec.table))
     on = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
     update = {f"`{c}`": f"s.`{c}`" for c in rows.columns if c != "first_seen_date"}
     update["first_seen_date"] = "least(t.first_seen_date, s.first_seen_date)"
@@ -103,7 +103,7 @@ def refresh_person_ids(spark: SparkSession, settings: Settings, later_links: Dat
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    target = DeltaTable.forPath(spark, str(settings.table_path(spec.table)))
+    target = DeltaTable.forPath(spark, settings.table_location(spec.table))
     links = later_links.select("institution_id", F.col("record_key").alias(spec.key[0]),
                                "extract_date", "person_id")
     (target.alias("t").merge(
