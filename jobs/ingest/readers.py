@@ -23,6 +23,7 @@ import re
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -642,6 +643,7 @@ def _bad_datetime(arr: pa.Array, fmt: str):
     return pc.fill_null(pc.invert(ok), True)
 
 
+@cache  # one parse of each profile's format, not one per column and file
 def _datetime_shape(fmt: str) -> tuple[str, list[tuple[str, int, int]]] | None:
     """The regex of the text ``fmt`` makes and where each part stands in it, as
     (part, start, stop); None if ``fmt`` holds a directive beyond DATETIME_PARTS, one twice, or
