@@ -5,6 +5,7 @@ utilities do)."""
 from __future__ import annotations
 
 import datetime as dt
+import gc
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ def settings_env(root: Path, **extra: str) -> dict[str, str]:
            or k.startswith("HEALTHLAKE_PATHS__")}
     env.update({
         "HEALTHLAKE_SPARK__CONF__SPARK.SQL.SHUFFLE.PARTITIONS": "2",
-        "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "2g",
+        "HEALTHLAKE_SPARK__CONF__SPARK.DRIVER.MEMORY": "3g",
         "HEALTHLAKE_SPARK__CONF__SPARK.SQL.WAREHOUSE.DIR": str(root / "warehouse"),
         "HEALTHLAKE_HMAC_KEY": TEST_SECRET,
     })
@@ -50,8 +51,38 @@ def spark(settings: Settings):
     session = get_spark(settings, app_name="healthlake-tests",
                         extra_conf={"spark.default.parallelism": "2",
                                     "spark.databricks.delta.snapshotPartitions": "1"})
+    SESSION["spark"] = session
     yield session
+    SESSION.clear()
     session.stop()
+
+
+SESSION: dict = {}  # the session's SparkSession, once a test has asked for it
+
+
+@pytest.fixture(scope="module", autouse=True)
+def release_spark_memory(request, tmp_path_factory):
+    """After each module, whatever its jobs left cached or checkpointed in the session's Spark
+    is released, as a job's own process would at its end: one long-lived 3g driver otherwise
+    fills with earlier modules' blocks until a later job cannot get memory for its tasks
+    (``UNABLE_TO_ACQUIRE_MEMORY``, seen in gold after the fault tests). What was left is
+    written to spark-memory.log under the run's temporary folder."""
+    yield
+    session = SESSION.get("spark")
+    if session is None:
+        return
+    sc = session.sparkContext
+    infos = sc._jsc.sc().getRDDStorageInfo()
+    left_mib = sum(i.memSize() for i in infos) / 2**20
+    rdds = list(sc._jsc.getPersistentRDDs().values())
+    with open(tmp_path_factory.getbasetemp() / "spark-memory.log", "a") as log:
+        log.write(f"{request.module.__name__}: {len(rdds)} persisted RDDs, "
+                  f"{left_mib:.1f} MiB in memory\n")
+    session.catalog.clearCache()
+    for rdd in rdds:
+        rdd.unpersist(False)
+    gc.collect()
+    sc._jvm.System.gc()
 
 
 CITY_DAYS = [dt.date(2024, 4, 15), dt.date(2024, 4, 16), dt.date(2024, 4, 17)]
