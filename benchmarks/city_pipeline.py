@@ -11,8 +11,9 @@ day, every stage timed, with peak memory. The scaling runs are this command at o
 3. Incremental day: day K through every stage, as the daily DAG runs it.
 
 One SparkSession with the default configuration (conf/base; the CLI starts one per command, which
-adds a JVM start per stage). Updates the section "Pipeline: <who>, <K> days" of
-docs/benchmarks.md.
+adds a JVM start per stage); after each step what it left cached or checkpointed is released, as
+its own process would release it by ending (``jobs.spark.release_cached``). Updates the section
+"Pipeline: <who>, <K> days" of docs/benchmarks.md.
 
 A full city's 31 days take longer than one sitting. ``--resume`` keeps the lake and goes on
 from ``progress.json`` under --out: every stage's day (gold's range, train-model) is recorded
@@ -91,7 +92,7 @@ def main() -> None:
     from jobs.config import environ_under, load
     from jobs.generate import generate
     from jobs.lake import read_table
-    from jobs.spark import get_spark
+    from jobs.spark import get_spark, release_cached
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     size = ap.add_mutually_exclusive_group(required=True)
@@ -139,6 +140,7 @@ def main() -> None:
                     t0 = time.perf_counter()
                     run(spark, step_days)
                     progress.record(key, round(time.perf_counter() - t0, 1))
+                    release_cached(spark)  # what the step's own process would drop at its end
                     print(f"[{time.strftime('%H:%M:%S')}] {key}: {progress.seconds(key)} s",
                           flush=True)
             seconds[phase][name] = round(sum(progress.seconds(k) for k, _ in steps), 1)

@@ -5,7 +5,6 @@ utilities do)."""
 from __future__ import annotations
 
 import datetime as dt
-import gc
 from pathlib import Path
 
 import pytest
@@ -68,21 +67,14 @@ def release_spark_memory(request, tmp_path_factory):
     (``UNABLE_TO_ACQUIRE_MEMORY``, seen in gold after the fault tests). What was left is
     written to spark-memory.log under the run's temporary folder."""
     yield
+    from jobs.spark import release_cached
+
     session = SESSION.get("spark")
-    if session is None:
-        return
-    sc = session.sparkContext
-    infos = sc._jsc.sc().getRDDStorageInfo()
-    left_mib = sum(i.memSize() for i in infos) / 2**20
-    rdds = list(sc._jsc.getPersistentRDDs().values())
-    with open(tmp_path_factory.getbasetemp() / "spark-memory.log", "a") as log:
-        log.write(f"{request.module.__name__}: {len(rdds)} persisted RDDs, "
-                  f"{left_mib:.1f} MiB in memory\n")
-    session.catalog.clearCache()
-    for rdd in rdds:
-        rdd.unpersist(False)
-    gc.collect()
-    sc._jvm.System.gc()
+    if session is not None:
+        left = release_cached(session)
+        with open(tmp_path_factory.getbasetemp() / "spark-memory.log", "a") as log:
+            log.write(f"{request.module.__name__}: {left['rdds']} persisted RDDs, "
+                      f"{left['mib_in_memory']} MiB in memory\n")
 
 
 CITY_DAYS = [dt.date(2024, 4, 15), dt.date(2024, 4, 16), dt.date(2024, 4, 17)]
