@@ -108,11 +108,12 @@ def release_cached(spark) -> dict:
     import gc
 
     sc = spark.sparkContext
-    left = {"rdds": len(sc._jsc.getPersistentRDDs()),
+    rdds = list(sc._jsc.getPersistentRDDs().values())
+    left = {"rdds": len(rdds),
             "mib_in_memory": round(sum(i.memSize() for i in sc._jsc.sc().getRDDStorageInfo())
                                    / 2**20, 1)}
     spark.catalog.clearCache()
-    for rdd in list(sc._jsc.getPersistentRDDs().values()):
+    for rdd in rdds:
         rdd.unpersist(False)
     gc.collect()
     sc._jvm.System.gc()

@@ -50,13 +50,8 @@ def spark(settings: Settings):
     session = get_spark(settings, app_name="healthlake-tests",
                         extra_conf={"spark.default.parallelism": "2",
                                     "spark.databricks.delta.snapshotPartitions": "1"})
-    SESSION["spark"] = session
     yield session
-    SESSION.clear()
     session.stop()
-
-
-SESSION: dict = {}  # the session's SparkSession, once a test has asked for it
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -67,9 +62,11 @@ def release_spark_memory(request, tmp_path_factory):
     (``UNABLE_TO_ACQUIRE_MEMORY``, seen in gold after the fault tests). What was left is
     written to spark-memory.log under the run's temporary folder."""
     yield
+    from pyspark.sql import SparkSession
+
     from jobs.spark import release_cached
 
-    session = SESSION.get("spark")
+    session = SparkSession.getActiveSession()  # the session fixture's, once a test asked for it
     if session is not None:
         left = release_cached(session)
         with open(tmp_path_factory.getbasetemp() / "spark-memory.log", "a") as log:
