@@ -19,7 +19,8 @@ A full city's 31 days take longer than one sitting. ``--resume`` keeps the lake 
 from ``progress.json`` under --out: every stage's day (gold's range, train-model) is recorded
 with its seconds once it has committed, so a run that was stopped repeats at most the day it
 was in (every stage replaces its day, so repeating it is safe) and the table adds up the
-recorded seconds, with the number of sittings.
+recorded seconds, with the number of sittings. Each job's own summary (seconds by step,
+counts) is appended to ``jobs.log`` under --out.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import logging
 import shutil
 import sys
 import time
@@ -124,6 +126,11 @@ def main() -> None:
         generated_s = round(time.perf_counter() - t0, 1)
         marker.write_text(json.dumps({"params": want, "summary": summary}, default=str))
     progress = Progress(root / "progress.json", want, args.resume)
+    # Each job's own summary (its seconds by step, its counts) goes to jobs.log beside it.
+    handler = logging.FileHandler(root / "jobs.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    logging.getLogger("jobs").addHandler(handler)
+    logging.getLogger("jobs").setLevel(logging.INFO)
     if progress.data["sittings"] == 1:  # a run from nothing (or --resume with nothing done)
         shutil.rmtree(root / "lake", ignore_errors=True)
         (root / "residents-match-model.json").unlink(missing_ok=True)
