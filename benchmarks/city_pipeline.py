@@ -60,8 +60,17 @@ def stages(settings) -> list[tuple[str, bool, object]]:
             return resolve.train_model(spark, settings, days[0], days[0])
         return None
 
+    def persons(spark, days):
+        return resolve.refresh_persons(spark, settings, resolve.load_matching_params(settings))
+
+    # `healthlake resolve --date D1 --until DK` (resolve.run_days): the days in order, then
+    # silver.person once; recorded as each day, then "resolve-persons", summed as resolve.
+    def resolve_one(spark, days):
+        return [resolve.run_days(spark, settings, [d], refresh=False) for d in days]
+
     return [("ingest", True, each(ingest)), ("standardise", True, each(standardise)),
-            ("train-model", False, train), ("resolve", True, each(resolve)),
+            ("train-model", False, train), ("resolve", True, resolve_one),
+            ("resolve-persons", False, persons),
             ("curate", True, each(curate)), ("quality", True, each(quality)),
             ("gold", False, lambda spark, days: gold.run_days(spark, settings, days))]
 
@@ -150,7 +159,9 @@ def main() -> None:
                     release_cached(spark)  # what the step's own process would drop at its end
                     print(f"[{time.strftime('%H:%M:%S')}] {key}: {progress.seconds(key)} s",
                           flush=True)
-            seconds[phase][name] = round(sum(progress.seconds(k) for k, _ in steps), 1)
+            stage = name.removesuffix("-persons")
+            seconds[phase][stage] = round(seconds[phase].get(stage, 0.0)
+                                          + sum(progress.seconds(k) for k, _ in steps), 1)
     log = [v or 0 for v in read_table(spark, settings, "ops.ingest_log").groupBy().sum(
         "rows_in", "rows_loaded", "rows_quarantined").first()]
     persons = read_table(spark, settings, "silver.person").count()

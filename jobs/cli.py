@@ -132,7 +132,18 @@ def cmd_ingest_read(settings: Settings, args: argparse.Namespace) -> dict:
 
 
 cmd_standardise = _per_day("jobs.silver.job", "standardise")
-cmd_resolve = _per_day("jobs.silver.resolve", "resolve")
+
+
+def cmd_resolve(settings: Settings, args: argparse.Namespace) -> dict:
+    """The days in order, then silver.person once (an initial load's range pays that once)."""
+    from jobs.silver import resolve
+    from jobs.spark import get_spark
+
+    days = _days(args)
+    spark = get_spark(settings, app_name="healthlake-resolve")
+    return {days[0].isoformat(): resolve.run_days(spark, settings, days)}
+
+
 cmd_curate = _per_day("jobs.silver.curate", "curate")
 
 

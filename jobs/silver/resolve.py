@@ -333,30 +333,46 @@ def later_days(spark: SparkSession, settings: Settings, extract_date: dt.date) -
 
 
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
-    """Resolve one extract date: restricted.identity (its new local patients), silver.person_link
-    (its rows) and silver.person (recomputed golden records), each written in one commit.
+    """Resolve one extract date (the daily DAG's task): :func:`run_days` of that day."""
+    return run_days(spark, settings, [extract_date])
 
-    A backfill (later days already resolved) resolves those later days again, in order, after
-    it: each day's new local patients are the ones no earlier day saw, so the lake ends as if
-    the days had run in order. Killed half way, the next run of the day does it all again."""
+
+def run_days(spark: SparkSession, settings: Settings, days: list[dt.date],
+             refresh: bool = True) -> dict:
+    """Resolve extract dates in order, each day's restricted.identity (its new local patients),
+    silver.person_link and silver.person_event (its rows) in its own commits; then silver.person
+    (recomputed golden records) once, in one commit. Returns the first day's summary, the other
+    days' under ``days``.
+
+    A backfill (days after the first already resolved) resolves those later days again, in
+    order, with the given ones: each day's new local patients are the ones no earlier day saw,
+    so the lake ends as if the days had run in order. silver.person is recomputed from every
+    day's rows, so doing it once after a range (an initial load, ``--until``) gives what doing it
+    after every day gives. Killed half way, the next run does it all again. ``refresh=False``
+    leaves silver.person to a later :func:`refresh_persons` (a range run in sittings)."""
     watch = Stopwatch()
     key = hmac_key(settings)  # refuse before any work without the key
     params = load_matching_params(settings)
     model, model_sha = pinned_model(settings, params.spec)  # likewise without the model
-    later = later_days(spark, settings, extract_date)
-    summary = resolve_day(spark, settings, extract_date, key, params, model)
+    first = min(days)
+    later = [d for d in later_days(spark, settings, first) if d not in days]
+    order = sorted({*days, *later})
     if later:
-        log.info("resolve %s is a backfill: resolving the later days %s again", extract_date,
+        log.info("resolve %s is a backfill: resolving the later days %s again", first,
                  ", ".join(map(str, later)))
-        summary["later_days_resolved_again"] = {
-            d.isoformat(): resolve_day(spark, settings, d, key, params, model)
-            for d in later}
+    resolved = {d: resolve_day(spark, settings, d, key, params, model) for d in order}
     watch.lap("days")
-    summary["persons"] = refresh_persons(spark, settings, params)
-    watch.lap("persons")
-    summary["seconds_by_step"]["persons"] = watch.steps["persons"]
+    summary = resolved[first]
+    if len(days) > 1:
+        summary["days"] = {d.isoformat(): resolved[d] for d in sorted(days) if d != first}
+    if later:
+        summary["later_days_resolved_again"] = {d.isoformat(): resolved[d] for d in later}
+    if refresh:
+        summary["persons"] = refresh_persons(spark, settings, params)
+        watch.lap("persons")
+        summary["seconds_by_step"]["persons"] = watch.steps["persons"]
     summary.update(seconds=watch.total, model_sha256=model_sha)
-    log.info("resolve %s: %s", extract_date, summary)
+    log.info("resolve %s: %s", first if len(days) == 1 else f"{first}..{max(days)}", summary)
     return summary
 
 
