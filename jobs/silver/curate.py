@@ -97,15 +97,23 @@ def merge_into(spark: SparkSession, settings: Settings, rows: DataFrame, spec: C
 
 
 def refresh_person_ids(spark: SparkSession, settings: Settings, later_links: DataFrame,
-                       spec: CuratedTable) -> None:
-    """Curated rows of later extract dates take their person_id from ``later_links`` where it
-    changed: after a backfill, entity resolution resolved those days again."""
+                       spec: CuratedTable, day: str) -> None:
+    """Curated rows of extract dates after ``day`` take their person_id from ``later_links``
+    where it changed: after a backfill, entity resolution resolved those days again.
+
+    Only the later days the table holds rows of are merged: a range curated in order after it
+    was resolved in order (an initial load) finds none, and merges nothing."""
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
+    curated = [r[0] for r in read_table(spark, settings, spec.table)
+               .where(f"extract_date > DATE'{day}'").select("extract_date").distinct().collect()]
+    if not curated:
+        return
     target = DeltaTable.forPath(spark, settings.table_location(spec.table))
-    links = later_links.select("institution_id", F.col("record_key").alias(spec.key[0]),
-                               "extract_date", "person_id")
+    links = (later_links.where(F.col("extract_date").isin(curated))
+             .select("institution_id", F.col("record_key").alias(spec.key[0]), "extract_date",
+                     "person_id"))
     (target.alias("t").merge(
         links.alias("s"), f"t.institution_id = s.institution_id AND t.`{spec.key[0]}` = "
                           f"s.`{spec.key[0]}` AND t.extract_date = s.extract_date")
@@ -154,7 +162,8 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date) -> dict:
         if n_rows or not table_exists(spark, settings, spec.table):
             merge_into(spark, settings, rows, spec)
         if backfill and feed_links is not None:
-            refresh_person_ids(spark, settings, later_links.where(f"feed = '{feed}'"), spec)
+            refresh_person_ids(spark, settings, later_links.where(f"feed = '{feed}'"), spec,
+                               day)
         rows.unpersist()
         counts[spec.table] = {"rows_in": n_in, "distinct_keys": n_rows,
                               "duplicates_merged": n_in - n_rows}
