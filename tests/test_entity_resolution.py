@@ -201,6 +201,25 @@ def test_rerunning_a_day_changes_no_person_id(spark, settings, resolved_city):
     assert read_table(spark, settings, "silver.encounter").count() == encounters_before
 
 
+def test_resolving_the_days_as_one_range_leaves_what_day_by_day_left(
+        spark, settings, lake_root, resolved_city, monkeypatch):
+    """`healthlake resolve --date D1 --until D2` (an initial load): the days in order, then
+    silver.person once; the lake ends as resolving each day with its own refresh left it."""
+    from jobs.cli import main
+    from tests.conftest import settings_env
+
+    links_before = person_links(spark, settings)
+    persons_before = read_table(spark, settings, "silver.person").toPandas()
+    for name, value in settings_env(lake_root).items():
+        monkeypatch.setenv(name, value)
+    assert main(["resolve", "--date", str(ER_DAYS[0]), "--until", str(ER_DAYS[1])]) == 0
+    pd.testing.assert_frame_equal(person_links(spark, settings), links_before)
+    persons_after = read_table(spark, settings, "silver.person").toPandas()
+    pd.testing.assert_frame_equal(
+        persons_after.sort_values("person_id").reset_index(drop=True),
+        persons_before.sort_values("person_id").reset_index(drop=True))
+
+
 def test_curated_tables_hold_no_identifier_in_clear(spark, settings, resolved_city):
     from jobs.privacy import curated_tables, scan
 
