@@ -43,8 +43,9 @@ def test_rates_over_the_reference_population_for_every_cube_cell(spark):
                                ("p3", "female", "D2", "T2", dt.date(1950, 1, 1))])
     pop = _population(spark, [("D1", "40-44", "male", 50.0), ("D1", "40-44", "female", 50.0),
                               ("D2", "70-74", "female", 100.0)])
-    out = M.over_population(persons.where("person_id != 'p2'"), pop, "m",
-                            M.Period.year(2024)).toPandas()
+    seen = persons.where("person_id != 'p2'")
+    twice = seen.unionByName(persons.where("person_id = 'p1'"))  # p1 counts once
+    out = M.over_population(twice, pop, "m", M.Period.year(2024)).toPandas()
     city = out[out[["district_code", "age_band", "sex"]].isna().all(axis=1)].iloc[0]
     assert (city["numerator"], city["denominator"], city["value"]) == (2, 200, 1.0)
     d1f = out[(out["district_code"] == "D1") & (out["sex"] == "female")

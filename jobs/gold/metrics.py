@@ -193,12 +193,20 @@ def _complete(df: DataFrame, metric_id: str, period: Period) -> DataFrame:
 def over_population(facts: DataFrame, population: DataFrame, metric_id: str, period: Period,
                     scale: float = 100.0, extra_dims: tuple[str, ...] = ()) -> DataFrame:
     """Count distinct persons (or rows, when ``facts`` has no person_id) per cube of the resident
-    dimensions (and ``extra_dims``), over the reference population of the same residents."""
+    dimensions (and ``extra_dims``), over the reference population of the same residents.
+
+    A person has one district, age band and sex (silver.person's), so the persons of a cell are
+    counted as rows once each person is one row: a plain count rolls up without shuffling every
+    cube cell's person ids (a distinct count in a cube does, eight times the persons)."""
     from pyspark.sql import functions as F
 
     dims = RESIDENT_DIMS + list(extra_dims)
-    count = (F.countDistinct("person_id") if "person_id" in facts.columns
-             else F.count("*")).alias("numerator")
+    if "person_id" in facts.columns:
+        if extra_dims:
+            raise ValueError("persons are counted by the resident dimensions only; drop "
+                             f"person_id to count rows by {extra_dims}")
+        facts = facts.select(*dims, "person_id").dropDuplicates(["person_id"])
+    count = F.count("*").alias("numerator")
     num = known_cells(facts.cube(*dims).agg(count, *[grouped_flag(c) for c in dims]), dims)
     den = known_cells(population.cube(*RESIDENT_DIMS).agg(
         ordered_sum(F.col("population")).alias("denominator"),  # 2/5 of a band: not whole
@@ -381,12 +389,15 @@ def prevalence_crude(inputs: Inputs, condition: str) -> DataFrame:
                            f"{condition}_prevalence_crude", inputs.period)
 
 
-def prevalence_age_standardised(inputs: Inputs, condition: str) -> DataFrame:
+def prevalence_age_standardised(inputs: Inputs, condition: str,
+                                crude: DataFrame | None = None) -> DataFrame:
     """Sum over adult bands of band prevalence x standard weight, over the sum of those weights
-    (the 15-19 band's weight taken at its adult share), for the city and districts by sex."""
+    (the 15-19 band's weight taken at its adult share), for the city and districts by sex.
+    ``crude``: the condition's :func:`prevalence_crude` of the same inputs, when already built."""
     from pyspark.sql import functions as F
 
-    crude = prevalence_crude(inputs, condition).where(F.col("age_band").isNotNull())
+    crude = (crude if crude is not None else prevalence_crude(inputs, condition))
+    crude = crude.where(F.col("age_band").isNotNull())
     weights = {b: w * ADULT_SHARE_OF_BAND.get(b, 1.0) for b, w in inputs.standard_weights.items()}
     # A map literal, not a DataFrame: no Python-fed RDD in a plan the JVM runs from threads.
     w = F.create_map(*[F.lit(x) for band, v in sorted(weights.items()) for x in (band, v)])
@@ -396,6 +407,13 @@ def prevalence_age_standardised(inputs: Inputs, condition: str) -> DataFrame:
                  .alias("numerator"), ordered_sum(F.col("w")).alias("denominator")))
     return _complete(rows.withColumn("value", _percent()), f"{condition}_prevalence_age_std",
                      inputs.period)
+
+
+def prevalence(inputs: Inputs, condition: str) -> DataFrame:
+    """Crude and age-standardised prevalence in one plan: the standardised rates are made from
+    the crude ones by age band, so the persons are counted once (one shuffle, reused)."""
+    crude = prevalence_crude(inputs, condition)
+    return crude.unionByName(prevalence_age_standardised(inputs, condition, crude))
 
 
 def health_records_at(inputs: Inputs) -> DataFrame:
@@ -485,13 +503,14 @@ METRIC_GROUPS: dict[str, tuple[Callable[[Inputs], DataFrame], tuple[str, ...]]] 
                 (f"{condition}_management_rate", f"{condition}_standardised_management_rate",
                  f"{condition}_control_rate"))
     for condition in ("hypertension", "diabetes")
+} | {
+    f"{condition}_prevalence": (lambda i, c=condition: prevalence(i, c),
+                                (f"{condition}_prevalence_crude",
+                                 f"{condition}_prevalence_age_std"))
+    for condition in ("hypertension", "diabetes")
 } | {"referral_flows": (referral_flows, ("referrals_up", "referrals_down"))}
 
 METRICS: dict[str, Callable[[Inputs], DataFrame]] = {
-    "hypertension_prevalence_crude": lambda i: prevalence_crude(i, "hypertension"),
-    "diabetes_prevalence_crude": lambda i: prevalence_crude(i, "diabetes"),
-    "hypertension_prevalence_age_std": lambda i: prevalence_age_standardised(i, "hypertension"),
-    "diabetes_prevalence_age_std": lambda i: prevalence_age_standardised(i, "diabetes"),
     "ehr_coverage": ehr_coverage,
     "ehr_dynamic_use_rate": ehr_dynamic_use_rate,
     "elderly_health_management_rate": elderly_health_management_rate,
@@ -511,15 +530,27 @@ def metric_ids() -> list[str]:
 # -- the job ------------------------------------------------------------------------------------
 
 
+# Every column of the curated tables a metric reads. The inputs are cached for all periods:
+# the tables' other columns (record numbers, free text, lineage) would only fill memory.
+INPUT_COLUMNS = frozenset({
+    "person_id", "sex", "birth_date", "district_code", "town_code", "institution_id", "tier",
+    "visit_at", "encounter_type", "icd10_3char", "condition_family",
+    "condition", "followup_id", "followup_at", "systolic_bp", "diastolic_bp", "fasting_glucose",
+    "registered_at", "updated_at", "reported_at", "collected_at", "is_mutual_recognised",
+    "referred_at", "direction", "channel", "to_institution_id"})
+
+
 def read_tables(spark: SparkSession, settings: Settings) -> dict[str, DataFrame]:
-    """The curated tables and the reference population every period's metrics read."""
+    """The curated tables (the columns of :data:`INPUT_COLUMNS` they have) and the reference
+    population every period's metrics read."""
     from pyspark.sql import functions as F
 
     def table(name: str) -> DataFrame:
         if not table_exists(spark, settings, name):
             raise FileNotFoundError(f"{name} has not been written: run `healthlake resolve` and "
                                     "`healthlake curate` first")
-        return read_table(spark, settings, name)
+        df = read_table(spark, settings, name)
+        return df.select(*[c for c in df.columns if c in INPUT_COLUMNS])
 
     # Read by Spark itself (every column a string), not sent from pandas: cached and read by
     # concurrent jobs, it needs no Python worker.

@@ -27,6 +27,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,7 @@ from jobs.config import ConfigError, Settings, build_dataclass, require
 from jobs.lake import read_table, table_exists, write_table
 from jobs.match import engine
 from jobs.silver.pseudonym import hmac_key, person_id_column
+from jobs.spark import parallel_jobs
 from jobs.timing import Stopwatch
 
 if TYPE_CHECKING:
@@ -417,13 +419,16 @@ def resolve_day(spark: SparkSession, settings: Settings, extract_date: dt.date, 
     if n_links != n_records:
         raise RuntimeError(f"{day}: {n_records} identity rows but {n_links} links; not written")
     where = f"extract_date = DATE'{day}'"
-    write_table(identity, settings, "restricted.identity",
-                replace_where=f"first_seen = DATE'{day}'")
-    write_table(links.drop("lp_person_id"), settings, "silver.person_link", replace_where=where)
     events = person_events(links, merge_events, day)
     counts["events"] = {r["event_type"]: r["count"]
                         for r in events.groupBy("event_type").count().collect()}
-    write_table(events, settings, "silver.person_event", replace_where=where)
+    # Three tables, each replacing its day in its own commit: side by side, in any order (a
+    # re-run replaces all three again).
+    writes = [(identity, "restricted.identity", f"first_seen = DATE'{day}'"),
+              (links.drop("lp_person_id"), "silver.person_link", where),
+              (events, "silver.person_event", where)]
+    with ThreadPoolExecutor(max_workers=parallel_jobs(spark)) as pool:
+        list(pool.map(lambda w: write_table(w[0], settings, w[1], replace_where=w[2]), writes))
     watch.lap("write")
     by_method = {r["match_method"]: r["count"] for r in
                  links.groupBy("match_method").count().collect()}
