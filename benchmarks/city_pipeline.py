@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, peak_rss_gib, update_doc  # noqa: E402
+from benchmarks.common import machine, peak_rss_gib, publish  # noqa: E402
 
 START = dt.date(2024, 4, 15)
 SECTION = "Pipeline"
@@ -192,9 +192,7 @@ def main() -> None:
           for name in seconds["initial"]),
         f"| **total** | **{total['initial']}** | **{total['incremental']}** |",
     ]
-    body = "\n".join(lines)
-    update_doc(f"{SECTION}: {who}, {args.days} days", body)
-    print(body, flush=True)
+    publish(f"{SECTION}: {who}, {args.days} days", lines)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 MODEL = "residents-match-model.json"  # the city's own model, trained on its first day
 
-from benchmarks.common import machine, peak_rss_gib, update_doc  # noqa: E402
+from benchmarks.common import machine, peak_rss_gib, publish  # noqa: E402
 from jobs.config import environ_under, load  # noqa: E402
 
 SECTION = "Entity resolution"
@@ -226,9 +226,7 @@ def write_section(args, who, prepared, trained, per_day, er_seconds, ours, start
               "", "Rows that end with their true person's majority person, by identity "
               "variation: " + ", ".join(f"{k} {v['with_majority']:.4f} ({v['rows']:,})"
                                         for k, v in ours["by_variation"].items()) + "."]
-    body = "\n".join(lines)
-    update_doc(f"{SECTION}: {who}", body)
-    print(body, flush=True)
+    publish(f"{SECTION}: {who}", lines)
 
 
 if __name__ == "__main__":

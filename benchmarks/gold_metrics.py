@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, update_doc  # noqa: E402
+from benchmarks.common import machine, publish  # noqa: E402
 
 
 def period(label: str):
@@ -76,9 +76,7 @@ def main() -> None:
     for label in args.periods:
         total = round(sum(s for p, _, _, s in timed if p == label), 1)
         lines.append(f"| {label} | **all, one after the other** | | **{total}** |")
-    body = "\n".join(lines)
-    update_doc("Gold metrics, one by one", body)
-    print(body)
+    publish("Gold metrics, one by one", lines)
 
 
 if __name__ == "__main__":

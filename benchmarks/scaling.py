@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import machine, update_doc  # noqa: E402
+from benchmarks.common import machine, publish  # noqa: E402
 
 FULL_CITY = 2_439_585
 START = dt.date(2024, 4, 15)
@@ -121,9 +121,7 @@ def main() -> None:
             lines.append(f"| {n} | {total:,.1f} | {total / n:,.1f} |")
         else:
             lines.append(f"| {n} | not recorded yet | |")
-    body = "\n".join(lines)
-    update_doc("Scaling", body)
-    print(body)
+    publish("Scaling", lines)
 
 
 if __name__ == "__main__":
