@@ -50,9 +50,9 @@ def update_doc(section: str, body: str, doc: Path = DOC) -> None:
     doc.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
 
 
-def publish(section: str, lines: list[str] | str, doc: Path = DOC) -> None:
+def publish(section: str, lines: list[str], doc: Path = DOC) -> None:
     """A benchmark's report: its lines become the section ``## <section>`` of docs/benchmarks.md
     and are printed."""
-    body = lines if isinstance(lines, str) else "\n".join(lines)
+    body = "\n".join(lines)
     update_doc(section, body, doc)
     print(body, flush=True)

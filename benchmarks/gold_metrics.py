@@ -21,21 +21,11 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import machine, publish  # noqa: E402
 
 
-def period(label: str):
-    from jobs.gold.metrics import Period
-
-    year = int(label[:4])
-    if len(label) == 4:
-        return Period.year(year)
-    if label[4] == "Q":
-        return Period.quarter(year, int(label[5:]))
-    return Period.month(year, int(label[5:]))
-
-
 def main() -> None:
     from jobs.config import environ_under, load
     from jobs.gold import metrics as M
     from jobs.gold.catalogue import load_catalogue
+    from jobs.publish.export import parse_period
     from jobs.spark import get_spark
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -56,12 +46,9 @@ def main() -> None:
         caching.append((name, n, round(time.perf_counter() - t0, 1)))
     timed = []
     for label in args.periods:
-        p = period(label)
+        p = parse_period(label)
         inputs = M.inputs_for(tables, catalogue, p)
-        wanted = set(M.metrics_for(catalogue, p.type))
-        work = [(mid, fn) for mid, fn in M.METRICS.items() if mid in wanted]
-        work += [(group, fn) for group, (fn, ids) in M.METRIC_GROUPS.items() if set(ids) & wanted]
-        for name, fn in work:
+        for name, fn in M.functions_for(catalogue, p.type):
             t0 = time.perf_counter()
             rows = fn(inputs).localCheckpoint().count()
             timed.append((label, name, rows, round(time.perf_counter() - t0, 1)))

@@ -396,7 +396,7 @@ def prevalence_age_standardised(inputs: Inputs, condition: str,
     ``crude``: the condition's :func:`prevalence_crude` of the same inputs, when already built."""
     from pyspark.sql import functions as F
 
-    crude = (crude if crude is not None else prevalence_crude(inputs, condition))
+    crude = crude if crude is not None else prevalence_crude(inputs, condition)
     crude = crude.where(F.col("age_band").isNotNull())
     weights = {b: w * ADULT_SHARE_OF_BAND.get(b, 1.0) for b, w in inputs.standard_weights.items()}
     # A map literal, not a DataFrame: no Python-fed RDD in a plan the JVM runs from threads.
@@ -607,6 +607,15 @@ def metrics_for(catalogue: MetricCatalogue, period_type: str) -> list[str]:
     return [m for m in metric_ids() if period_type in catalogue.metric(m).grains]
 
 
+def functions_for(catalogue: MetricCatalogue, period_type: str
+                  ) -> list[tuple[str, Callable[[Inputs], DataFrame]]]:
+    """(metric id or group name, function) of every metric and group computed at the period
+    type (a group when any of its ids is)."""
+    wanted = set(metrics_for(catalogue, period_type))
+    return ([(mid, fn) for mid, fn in METRICS.items() if mid in wanted]
+            + [(group, fn) for group, (fn, ids) in METRIC_GROUPS.items() if set(ids) & wanted])
+
+
 def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
         periods: list[Period] | None = None) -> dict:
     """Recompute gold.metric_value for the periods the extract date touched (or ``periods``):
@@ -629,10 +638,8 @@ def run(spark: SparkSession, settings: Settings, extract_date: dt.date,
     few = len(periods) <= DAY_PERIODS
     work = []  # (period, metric functions computed as one plan)
     for period in periods:
-        wanted = set(metrics_for(catalogue, period.type))
         inputs = inputs_for(tables, catalogue, period)
-        fns = [fn for mid, fn in METRICS.items() if mid in wanted]
-        fns += [fn for fn, ids in METRIC_GROUPS.values() if set(ids) & wanted]
+        fns = [fn for _, fn in functions_for(catalogue, period.type)]
         work += [(inputs, [fn]) for fn in fns] if few else [(inputs, fns)] if fns else []
 
     def compute(job) -> DataFrame:
