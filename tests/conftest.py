@@ -116,6 +116,20 @@ def resolved_city(spark, settings, ingested_city):
     return {**ingested_city, **snapshots}
 
 
+GOLD_YEAR = 2024
+
+
+@pytest.fixture(scope="session")
+def gold_lake(spark, settings, resolved_city):
+    """The session city's gold layer for the year (scorecard, metrics, index): built once for
+    the publishing and security tests."""
+    from jobs.gold import job
+    from jobs.gold.metrics import Period
+
+    job.run_days(spark, settings, ER_DAYS, periods=[Period.year(GOLD_YEAR)])
+    return settings
+
+
 def person_links(spark, settings):
     """silver.person_link as pandas, in a stable order."""
     from jobs.lake import read_table

@@ -18,19 +18,9 @@ from jobs.lake import read_table
 from jobs.publish import export, report, sql
 from jobs.publish.settings import load_publish
 from jobs.publish.suppression import SUPPRESSED, recoverable
-from tests.conftest import ER_DAYS
 
 YEAR = 2024
 VALUES = ["numerator", "denominator", "value"]
-
-
-@pytest.fixture(scope="module")
-def gold_lake(spark, settings, resolved_city):
-    """The session city's gold layer for the year (scorecard, metrics, index)."""
-    from jobs.gold import job
-
-    job.run_days(spark, settings, ER_DAYS, periods=[M.Period.year(YEAR)])
-    return settings
 
 
 def _gold_metrics(spark, settings) -> pd.DataFrame:
