@@ -28,11 +28,13 @@ $(JARS): $(INSTALLED) conf/base/settings.yaml
 
 jars: $(JARS)
 
-# A local HMAC key for pseudonymisation (a real deployment points secrets.hmac_key elsewhere).
+# A local HMAC key for pseudonymisation (a real deployment points secrets.hmac_key elsewhere):
+# 64 hex characters, created private (umask 077: never readable by others, not for an instant),
+# written to a temporary name and moved into place whole.
 $(SECRET):
-	mkdir -p $(dir $@) && chmod 700 $(dir $@)
-	$(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $@
-	chmod 600 $@
+	umask 077 && mkdir -p $(dir $@) && chmod 700 $(dir $@) && \
+	  $(BIN)/python -c "import secrets; print(secrets.token_hex(32))" > $@.tmp && \
+	  chmod 600 $@.tmp && mv -f $@.tmp $@
 
 demo: setup $(SECRET)
 	$(BIN)/healthlake demo

@@ -36,7 +36,7 @@ COLUMNS = ("audit_date date, at timestamp, os_user string, host string, airflow_
 
 @dataclass
 class Event:
-    action: str                 # export | read_restricted
+    action: str                 # export | read_restricted | write
     target: str                 # a file written, or a restricted table read
     rows: int | None = None     # rows written; for reads, counted at flush
     table_version: int | None = None
@@ -77,6 +77,30 @@ def record_read(settings: Settings, name: str, spark=None) -> None:
                           path=path))
 
 
+def record_restricted_read(settings: Settings, target: str, path: Path | str, rows: int,
+                           table_version: int | None) -> None:
+    """A read of the restricted zone outside :func:`jobs.lake.read_table` (``healthlake match``
+    on a restricted table or any path under the zone's root): the table's name or the path,
+    its Delta version when it is a Delta table, the rows read. Once per target and version."""
+    from jobs.operations import operations_settings
+
+    if not operations_settings(settings).audit:
+        return
+    if any(e.action == "read_restricted" and e.target == target
+           and e.table_version == table_version for e in _pending):
+        return
+    _pending.append(Event("read_restricted", target, int(rows), table_version=table_version,
+                          detail=json.dumps({"path": str(path)}), at=_now()))
+
+
+def record_write(path: Path | str, rows: int, **detail) -> None:
+    """A file or folder a command wrote outside the catalogue (``healthlake match``'s
+    output), with its rows."""
+    _pending.append(Event("write", str(path), int(rows),
+                          detail=json.dumps(detail, ensure_ascii=False, default=str) or None,
+                          at=_now()))
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
@@ -106,11 +130,17 @@ def _who(command: str | None) -> tuple:
 
 
 def write(spark, settings: Settings, rows) -> None:
-    """Append to the audit table, created append-only on first use."""
+    """Append to the audit table, created append-only on first use, always inside the lake's
+    writer lock: a writing command's rows go in before it releases the lock it holds, any
+    other command takes the lock for this append (waiting as a writer does,
+    ``operations.lock_wait_seconds``)."""
     from delta.tables import DeltaTable
 
+    from jobs.operations import holding_writer_lock
+
     path = settings.table_location(AUDIT_TABLE)
-    (DeltaTable.createIfNotExists(spark).location(path).addColumns(rows.schema)
-     .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
-     .property("delta.appendOnly", "true").execute())
-    rows.write.format("delta").mode("append").save(path)
+    with holding_writer_lock(settings, f"audit of {_who(None)[-1]}"):
+        (DeltaTable.createIfNotExists(spark).location(path).addColumns(rows.schema)
+         .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
+         .property("delta.appendOnly", "true").execute())
+        rows.write.format("delta").mode("append").save(path)

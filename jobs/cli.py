@@ -226,7 +226,7 @@ def cmd_match(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.spark import get_spark
 
     spark = get_spark(settings, app_name="healthlake-match")
-    return job.run(spark, Path(args.config), Path(args.input), Path(args.output),
+    return job.run(spark, settings, Path(args.config), Path(args.input), Path(args.output),
                    Path(args.save_model) if args.save_model else None)
 
 
@@ -259,7 +259,8 @@ def cmd_export(settings: Settings, args: argparse.Namespace) -> dict:
     from jobs.publish import export
     from jobs.spark import get_spark
 
-    export.parse_period(args.period)  # a wrong period fails before Spark starts
+    for period in args.period:
+        export.parse_period(period)  # a wrong period fails before Spark starts
     spark = get_spark(settings, app_name="healthlake-export")
     return export.run(spark, settings, args.names, args.period, args.format,
                       Path(args.out) if args.out else None, args.k)
@@ -335,7 +336,7 @@ def cmd_privacy_scan(settings: Settings, args: argparse.Namespace) -> dict:
         [exports_root(settings, spec), reports_root(settings, spec)]
     spark = get_spark(settings, app_name="healthlake-privacy-scan")
     return {"known_values_from": str(source) if source else None,
-            **privacy.run(spark, settings, roots, known)}
+            **privacy.run(spark, settings, roots, known, everything=True)}
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> dict:
@@ -391,9 +392,12 @@ COMMANDS: dict[str, tuple[Callable[[Settings, argparse.Namespace], dict], str]] 
                            "tables analysts can query"),
     "cluster": (cmd_cluster, "start, stop or show a Spark standalone master and workers on "
                              "loopback (pyspark's own distribution)"),
-    "privacy-scan": (cmd_privacy_scan, "look through every curated table, export and report "
-                                       "for identity numbers, phones and names in clear; "
-                                       "exit 1 on any hit"),
+    "privacy-scan": (cmd_privacy_scan, "look through every curated table and every file the "
+                                       "pipeline writes outside the restricted folders (zones, "
+                                       "cache, checkpoints, exports, reports, logs) for "
+                                       "identity numbers, phones and names in clear, and check "
+                                       "that the folders holding identifiers are closed to "
+                                       "other accounts; exit 1 on any finding"),
     "demo": (cmd_demo, "generate a small city and run every pipeline step that exists"),
 }
 
@@ -468,17 +472,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "export":
             p.add_argument("names", nargs="+", metavar="METRIC_OR_TABLE",
                            help="a metric id of the catalogue or a gold table (gold.index_score)")
-            p.add_argument("--period", required=True,
-                           help="year 2024, quarter 2024Q2, month 2024-04 or day 2024-04-15")
+            p.add_argument("--period", required=True, action="append",
+                           help="year 2024, quarter 2024Q2, month 2024-04 or day 2024-04-15; "
+                                "repeat it (--period 2024 --period 2024-04) to publish several "
+                                "periods as one release, suppressed together")
             p.add_argument("--format", choices=["csv", "xlsx", "parquet"], default="csv")
             p.add_argument("--out", help="folder to write to (default: publish.exports_root/"
                                          "<period>)")
-            p.add_argument("--k", type=int, help="suppression threshold (default: conf, 10)")
+            p.add_argument("--k", type=int, help="suppression threshold: the configured k "
+                                                 "(10) or more; a smaller k is refused")
         if name == "report":
             p.add_argument("--year", type=int, required=True)
             p.add_argument("--out", help="HTML file (default: publish.reports_root/"
                                          "healthlake-report-<year>.html)")
-            p.add_argument("--k", type=int, help="suppression threshold (default: conf, 10)")
+            p.add_argument("--k", type=int, help="suppression threshold: the configured k "
+                                                 "(10) or more; a smaller k is refused")
         if name == "sql":
             p.add_argument("query", help='e.g. "SELECT * FROM gold.index_score WHERE year = 2024"')
             p.add_argument("--format", choices=["table", "csv", "json"], default="table")
@@ -496,27 +504,53 @@ def build_parser() -> argparse.ArgumentParser:
 # Commands that write the lake: one at a time (jobs.operations.writer_lock), zones secured first.
 WRITERS = {"ingest", "standardise", "resolve", "curate", "gold", "quality", "maintenance",
            "check", "demo"}
+# Commands that write identifiers outside the lake's tables (staged reads, match outputs and
+# working files): the private folders (restricted zone, landing, staging, scratch) secured first.
+PRIVATE_WRITERS = {"ingest-read", "match"}
 
 
 @contextmanager
 def _writing(settings: Settings, command: str, command_line: str):
-    """For a writer: the lake's writer lock and the zones' permissions; else nothing."""
-    if command not in WRITERS:
-        yield
-        return
-    from jobs.operations import secure_zones, writer_lock
+    """For a writer: the lake's writer lock and the zones' permissions, and the command's
+    audit rows written before the lock is released (whatever the outcome); for any other
+    command its audit rows at its end (:func:`jobs.audit.write` takes the lock for them)."""
+    from jobs.operations import secure_private_roots, secure_zones, writer_lock
 
+    if command not in WRITERS:
+        if command in PRIVATE_WRITERS:
+            secure_private_roots(settings)
+        with _audited(settings, command_line):
+            yield
+        return
     with writer_lock(settings, command_line):
         secure_zones(settings)
+        with _audited(settings, command_line):
+            yield
+
+
+@contextmanager
+def _audited(settings: Settings, command_line: str):
+    """The body, then its audit rows (also when it fails: a failed export may have written
+    files)."""
+    try:
         yield
+    except BaseException:
+        _flush_audit(settings, command_line, failed=True)
+        raise
+    _flush_audit(settings, command_line)
 
 
-def _flush_audit(settings: Settings | None, command_line: str) -> None:
-    """Write what the command exported or read of the restricted zone to ops.audit_log,
-    whatever the command's outcome (a failed export may have written files)."""
+class AuditNotWritten(RuntimeError):
+    """The command's audit rows could not be written to ops.audit_log."""
+
+
+def _flush_audit(settings: Settings, command_line: str, failed: bool = False) -> None:
+    """Write what the command exported or read of the restricted zone to ops.audit_log. When
+    they cannot be written, the events are logged and a command that did not fail already
+    fails (:class:`AuditNotWritten`, exit 5)."""
     from jobs import audit
 
-    if settings is None or not audit.pending():
+    if not audit.pending():
         return
     from pyspark.sql import SparkSession
 
@@ -525,9 +559,13 @@ def _flush_audit(settings: Settings | None, command_line: str) -> None:
         if spark is None:
             raise RuntimeError("no Spark session")
         audit.flush(spark, settings, command_line)
-    except Exception:  # never hide the command's own outcome; say loudly what was not logged
+    except Exception as exc:  # say loudly what was not logged
         log.exception("audit: %d event(s) of `%s` NOT written to ops.audit_log",
                       len(audit.pending()), command_line)
+        if failed:
+            return
+        raise AuditNotWritten(f"the audit rows of `{command_line}` were not written to "
+                              f"{audit.AUDIT_TABLE}: {exc}") from exc
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -535,7 +573,6 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     command_line = shlex.join(["healthlake", *(sys.argv[1:] if argv is None else argv)])
-    settings = None
     try:
         settings = load(Path(args.conf_dir) if args.conf_dir else None)
         with _writing(settings, args.command, command_line):
@@ -549,8 +586,9 @@ def main(argv: list[str] | None = None) -> int:
     except LakeBusy as exc:
         print(f"healthlake: {exc}", file=sys.stderr)
         return 4
-    finally:
-        _flush_audit(settings, command_line)
+    except AuditNotWritten as exc:
+        print(f"healthlake: {exc}", file=sys.stderr)
+        return 5
     _print(summary, args.json)
     return 0
 

@@ -64,8 +64,10 @@ class SparkSettings:
     jars_dir: str = ".cache/jars"
     delta_packages: list[str] = field(default_factory=list)
     conf: dict[str, str] = field(default_factory=dict)
-    # Where Spark checkpoints (Splink's clustering needs them); shared storage on a cluster.
-    checkpoint_dir: str = ".cache/spark-checkpoints"
+    # Where Spark and Splink checkpoint (entity resolution's clustering): empty for a per-run
+    # folder under the restricted zone (the default, removed when the run ends); else a folder
+    # (or URI) inside the restricted zone, e.g. shared storage on a cluster.
+    checkpoint_dir: str = ""
 
 
 @dataclass(frozen=True)
@@ -185,36 +187,83 @@ class Settings:
         spec = self.table(name)
         return self.zone_root(spec.zone) / spec.path
 
+    def written_roots(self) -> dict[str, Path]:
+        """Every local folder the pipeline writes or publishes to, by what it is: the zones'
+        directories (and their local state), landing, late deliveries, ground truth, reference
+        data, the cache (jars, checkpoints, Airflow's home, Data Docs assets), the Spark
+        warehouse, exports and reports. A secret's file must live in none of them; the privacy
+        scan looks through all of them."""
+        roots = {"landing": self.landing_root, "late_deliveries": self.late_deliveries_root,
+                 "ground_truth": self.ground_truth_root, "reference": self.reference_root,
+                 "cache": self.path(self.paths.cache_root),
+                 "local_state": self.path(self.paths.local_state)}
+        for zone in self.paths.zones:
+            roots[f"zone {zone}"] = self.local_dir(zone)
+        if self.spark.checkpoint_dir and not URI.match(self.spark.checkpoint_dir):
+            roots["checkpoints"] = self.path(self.spark.checkpoint_dir)
+        warehouse = self.spark.conf.get("spark.sql.warehouse.dir")
+        if warehouse and not URI.match(warehouse):
+            roots["spark_warehouse"] = self.path(warehouse)
+        # Other modules' sections, read raw (their validators import this module).
+        for key in ("exports_root", "reports_root"):
+            if isinstance(self.publish.get(key), str):
+                roots[key.removesuffix("_root")] = self.path(self.publish[key])
+        local_airflow = self.orchestration.get("local_airflow")
+        if isinstance(local_airflow, dict) and isinstance(local_airflow.get("home"), str):
+            roots["airflow_home"] = self.path(local_airflow["home"])
+        return roots
+
     def secret(self, name: str) -> str:
-        """Read a secret through its reference; missing or empty is an error, never ''."""
+        """Read a secret through its reference; missing, empty or shorter than
+        ``SECRET_MIN_BYTES`` is an error, never a weak key. A file must be private to its owner
+        and outside every folder the pipeline writes (:meth:`written_roots`)."""
         key = f"secrets.{name}"
         ref = self.secrets.get(name)
         if ref is None:
             raise ConfigError(f"secret {name!r} is not configured (no key {key} in conf/)")
         where = self.origins.get(key, "configuration")
         if ref.env and self.secret_env.get(ref.env, "").strip():
-            return self.secret_env[ref.env].strip()
+            return _long_enough(self.secret_env[ref.env].strip(),
+                                f"environment variable {ref.env}", key, where)
         if ref.file:
             p = self.path(ref.file)
             if p.is_file():
                 self._check_secret_file(p, key, where)
                 if value := p.read_text(encoding="utf-8").strip():
-                    return value
+                    return _long_enough(value, f"file {p}", key, where)
         places = [ref.env and f"environment variable {ref.env}", ref.file and f"file {ref.file}"]
         tried = " or ".join(x for x in places if x)
         raise ConfigError(f"secret {name!r} is missing or empty: set {tried} ({key} in {where})")
 
     def _check_secret_file(self, path: Path, key: str, where: str) -> None:
-        """A secret's file is the pipeline user's alone and lives outside the lake: never in
-        a zone or the landing area, where jobs, backups or analysts could read it."""
+        """A secret's file is the pipeline user's alone and lives outside everything the
+        pipeline writes or publishes, where jobs, backups, exports or analysts could read it."""
         real = path.resolve()
-        for root in [self.landing_root, *map(self.local_dir, self.paths.zones)]:
+        roots = sorted(self.written_roots().items(), key=lambda r: -len(r[1].resolve().parts))
+        for what, root in roots:  # the innermost first: the message names the nearest folder
             if real.is_relative_to(root.resolve()):
-                raise ConfigError(f"secret file {path} is inside the lake ({root}); keep it "
-                                  f"outside every zone and the landing area ({key} in {where})")
+                place = "inside the lake" if what.startswith("zone ") else "inside a folder " \
+                    "the pipeline writes"
+                raise ConfigError(f"secret file {path} is {place} ({what}: {root}); keep it "
+                                  f"outside every zone, landing, cache, export and report "
+                                  f"folder ({key} in {where})")
         if real.stat().st_mode & 0o077:
             raise ConfigError(f"secret file {path} can be read by other users (mode "
                               f"{real.stat().st_mode & 0o777:o}): chmod 600 it ({key} in {where})")
+
+
+# A key shorter than this is refused from any source: an HMAC key of a few characters can be
+# guessed, and with it every person id recomputed from an identity number.
+SECRET_MIN_BYTES = 32
+
+
+def _long_enough(value: str, source: str, key: str, where: str) -> str:
+    size = len(value.encode("utf-8"))
+    if size < SECRET_MIN_BYTES:
+        raise ConfigError(f"secret from {source} is {size} bytes; at least {SECRET_MIN_BYTES} "
+                          f"are required (e.g. `python -c \"import secrets; "
+                          f"print(secrets.token_hex(32))\"`) ({key} in {where})")
+    return value
 
 
 # --------------------------------------------------------------------------------------------
@@ -466,7 +515,23 @@ def validate(settings: Settings) -> Settings:
     for name, ref in settings.secrets.items():
         if not (ref.env or ref.file):
             _fail(f"secrets.{name}", settings.origins, "a secret needs 'env' or 'file'")
+    checkpoints = settings.spark.checkpoint_dir
+    if checkpoints and "restricted" in settings.paths.zones:
+        if not _is_inside(checkpoints, settings, "restricted"):
+            _fail("spark.checkpoint_dir", settings.origins,
+                  f"checkpoints hold identifiers: put them inside the restricted zone "
+                  f"({settings.zone_location('restricted')}), or leave the key empty for a "
+                  "per-run folder there")
     return settings
+
+
+def _is_inside(location: str, settings: Settings, zone: str) -> bool:
+    """Whether a configured folder or URI lies inside a zone (itself excluded)."""
+    root = settings.zone_location(zone)
+    if URI.match(location) or URI.match(root):
+        return location.rstrip("/").startswith(root.rstrip("/") + "/")
+    place, base = settings.path(location).resolve(), Path(root).resolve()
+    return place != base and place.is_relative_to(base)
 
 
 def environ_under(root: str | Path, base: dict[str, str] | None = None) -> dict[str, str]:

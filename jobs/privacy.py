@@ -1,4 +1,5 @@
-"""Privacy scan: look through curated tables for identity numbers, phones and names in clear.
+"""Privacy scan: look through curated tables, and every file of every folder the pipeline
+writes, for identity numbers, phones and names in clear.
 
 A hit is any string value (or any part of one) that is
 
@@ -8,10 +9,16 @@ A hit is any string value (or any part of one) that is
 - a name, phone or ID number from a list of known values (e.g. the generator's ground truth).
 
 Used by tests on every curated table; the scan returns examples, never prints a value in full.
+`healthlake privacy-scan` also reads every file of the curated and ops zones (Parquet values,
+Delta logs with their min/max statistics), the cache (checkpoints, Airflow's and the Thrift
+server's homes, Data Docs), the Spark warehouse, exports, reports and logs, and fails when a
+folder that holds identifiers by design (restricted zone, landing, late deliveries, ground
+truth, staging, scratch) can be opened by another account.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -175,22 +182,203 @@ def known_values(path: Path) -> set[str]:
             if line.strip()}
 
 
+# -- every folder the pipeline writes ----------------------------------------------------------
+
+# Downloaded artefacts and binary formats that hold no text of ours.
+SKIPPED_SUFFIXES = (".jar", ".zip", ".tgz", ".gz", ".whl", ".class", ".pyc", ".so", ".crc",
+                    ".png", ".jpg", ".jpeg", ".gif", ".ico", ".woff", ".woff2", ".ttf", ".eot")
+# A larger file is read up to this many bytes (text) or skipped (Parquet would not be).
+MAX_TEXT_BYTES = 64 * 2**20
+CJK_RUN = r"[\u3400-\u9fff]{2,}"
+
+
+def scanned_folders(settings: Settings) -> dict[str, Path]:
+    """Every folder the pipeline writes or publishes (:meth:`Settings.written_roots`) that may
+    hold no identifier: all but the private ones (restricted zone, landing, late deliveries,
+    ground truth, staging, scratch), whose modes :func:`open_private_folders` checks instead."""
+    from jobs.operations import private_roots
+
+    private = [p.resolve() for p in private_roots(settings).values()]
+    return {what: root for what, root in settings.written_roots().items()
+            if not any(root.resolve().is_relative_to(p) for p in private)}
+
+
+def open_private_folders(settings: Settings) -> dict[str, str]:
+    """The folders that hold identifiers by design whose mode lets another account in (more
+    than the restricted zone's configured mode gives group and others): path -> what, mode."""
+    from jobs.operations import operations_settings, private_roots
+
+    allowed = int(str(operations_settings(settings).zone_modes.get("restricted", "0700")), 8)
+    out = {}
+    for what, root in private_roots(settings).items():
+        if root.is_dir() and root.stat().st_mode & 0o077 & ~allowed:
+            out[str(root)] = f"{what}, mode {root.stat().st_mode & 0o777:o}"
+    return out
+
+
+class KnownIndex:
+    """Known values, looked up fast: whole cells by set membership; in documents (logs, HTML,
+    Delta logs' statistics) every run of 2+ Chinese characters' substrings of the lengths of
+    known names (identity numbers and phones are found by their patterns anyway)."""
+
+    def __init__(self, known: set[str]):
+        import re
+
+        self.values = known
+        self.cjk_lengths = sorted({len(v) for v in known if re.fullmatch(CJK_RUN, v)})
+        self.cjk = re.compile(CJK_RUN)
+
+    def in_document(self, text: str) -> list[str]:
+        found = []
+        for run in self.cjk.findall(text):
+            if run in self.values:
+                found.append(run)
+                continue
+            found += [run[i:i + n] for n in self.cjk_lengths for i in range(len(run) - n + 1)
+                      if run[i:i + n] in self.values]
+        return found
+
+
+def _walk_strings(value, out: list[str]) -> None:
+    if isinstance(value, str):
+        out.append(value)
+        if value[:1] in "{[":  # JSON inside JSON: Delta's per-file statistics (min/max values)
+            try:
+                _walk_strings(json.loads(value), out)
+            except ValueError:
+                pass
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _walk_strings(k, out)
+            _walk_strings(v, out)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _walk_strings(v, out)
+
+
+def _file_texts(path: Path) -> tuple[list[str], list[str]]:
+    """A written file's (cells, documents): values compared whole, texts searched."""
+    if path.suffix == ".parquet" or path.name.endswith(".parquet"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        cells = [v.decode("utf-8", "replace") for v in (table.schema.metadata or {}).values()]
+        flat = all(pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
+                   or not pa.types.is_nested(f.type) for f in table.schema)
+        if flat:
+            for column in table.columns:
+                if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+                    cells += [v for v in column.to_pylist() if v is not None]
+        else:
+            _walk_strings(table.to_pylist(), cells)
+        return cells, [c for c in cells if c[:1] in "{["]
+    if path.suffix == ".xlsx":
+        return _strings_of_file(path)[0], []
+    with open(path, "rb") as f:
+        text = f.read(MAX_TEXT_BYTES).decode("utf-8", "replace")
+    cells: list[str] = []
+    if path.suffix == ".json" or "\\u" in text[:1_000_000]:
+        for line in text.splitlines():
+            try:
+                _walk_strings(json.loads(line), cells)
+            except ValueError:
+                continue
+    return cells, [text]
+
+
+def scan_folder(root: Path, known: set[str] | None = None, skip: list[Path] = (),
+                seen: set[Path] | None = None) -> dict[str, dict[str, list[str]]]:
+    """Scan every file under ``root`` (Parquet values and metadata, Delta logs and their
+    statistics, CSV, HTML, logs, checkpoints, databases as text), but folders of ``skip``;
+    {file: {kind: masked examples}} for files with a hit."""
+    import os
+    import re
+
+    from jobs.identity import is_valid_id18
+
+    index = KnownIndex(known) if known else None
+    ids, mobiles = re.compile(ID18), re.compile(MOBILE)
+    skipped = {p.resolve() for p in skip}
+    seen = set() if seen is None else seen
+    out: dict[str, dict[str, list[str]]] = {}
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if (Path(folder) / d).resolve() not in skipped]
+        for name in files:
+            path = Path(folder) / name
+            real = path.resolve()
+            if real in seen or path.suffix in SKIPPED_SUFFIXES or not path.is_file():
+                continue
+            seen.add(real)
+            try:
+                cells, documents = _file_texts(path)
+            except Exception as exc:  # an unreadable file is reported, never skipped silently
+                out[str(path)] = {"unreadable": [type(exc).__name__]}
+                continue
+            hits: dict[str, list[str]] = {}
+            for text in [*cells, *documents]:
+                for m in ids.finditer(text):
+                    if is_valid_id18(m.group(0).upper()):
+                        hits.setdefault("national_id", []).append(_mask(m.group(0)))
+                for m in mobiles.finditer(text):
+                    hits.setdefault("mobile_phone", []).append(_mask(m.group(0)))
+            if index is not None:
+                found = [c for c in cells if c in index.values]
+                for text in documents:
+                    found += index.in_document(text)
+                if found:
+                    hits["known_value"] = [_mask(v) for v in found]
+            if hits:
+                out[str(path)] = {k: v[:3] for k, v in hits.items()}
+    return out
+
+
+def scan_written_folders(settings: Settings, known: set[str] | None = None,
+                         extra: list[Path] = ()) -> tuple[dict[str, str], dict]:
+    """Scan every folder the pipeline writes (:func:`scanned_folders`) and ``extra``;
+    (folders scanned, {file: hits})."""
+    from jobs.operations import private_roots
+
+    private = list(private_roots(settings).values())
+    folders = {**scanned_folders(settings), **{f"published {p}": p for p in extra}}
+    seen: set[Path] = set()
+    hits = {}
+    for root in folders.values():
+        if root.is_dir():
+            hits |= scan_folder(root, known, private, seen)
+    return {what: str(root) for what, root in folders.items()}, hits
+
+
 def run(spark: SparkSession, settings: Settings, published_roots: list[Path],
-        known: set[str] | None) -> dict:
-    """Scan every curated table and every published file; PrivacyError on any hit."""
+        known: set[str] | None, everything: bool = False) -> dict:
+    """Scan every curated table and every published file; PrivacyError on any hit. With
+    ``everything`` (the `privacy-scan` command) every file of every folder the pipeline writes
+    too, and the folders that hold identifiers by design must be closed to other accounts."""
+    import time
+
+    started = time.perf_counter()
     scanned = written_curated_tables(spark, settings)
     tables = scan(spark, settings, known, scanned)
-    files = {}
-    for root in published_roots:
-        if root.is_dir():
-            files |= {str(root / f): h for f, h in scan_files(root, known).items()}
+    files, folders, open_folders = {}, {}, {}
+    if everything:
+        folders, files = scan_written_folders(settings, known, published_roots)
+        open_folders = open_private_folders(settings)
+    else:
+        for root in published_roots:
+            if root.is_dir():
+                files |= {str(root / f): h for f, h in scan_files(root, known).items()}
     summary = {"tables_scanned": scanned,
                "published_roots": [str(r) for r in published_roots],
-               "known_values": len(known or ()), "table_hits": tables, "file_hits": files}
-    if tables or files:
+               **({"folders_scanned": folders} if everything else {}),
+               "known_values": len(known or ()), "table_hits": tables, "file_hits": files,
+               **({"open_private_folders": open_folders} if everything else {}),
+               "seconds": round(time.perf_counter() - started, 1)}
+    if tables or files or open_folders:
         lines = [f"{t}.{h['column']}: {h['kind']} in {h['rows']} row(s), e.g. {h['example']}"
                  for t, hits in tables.items() for h in hits]
         lines += [f"{f}: {kind}, e.g. {', '.join(ex)}" for f, kinds in files.items()
                   for kind, ex in kinds.items()]
-        raise PrivacyError("identifiers in clear found:\n  " + "\n  ".join(lines))
+        lines += [f"{f}: holds identifiers by design ({why}) and other accounts can open it: "
+                  f"chmod 700 it" for f, why in open_folders.items()]
+        raise PrivacyError("identifiers in clear found or exposed:\n  " + "\n  ".join(lines))
     return summary

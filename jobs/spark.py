@@ -8,13 +8,18 @@ network (tests, Airflow tasks, air-gapped clusters).
 
 from __future__ import annotations
 
+import atexit
+import itertools
 import logging
 import os
 import re
 import shutil
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+from jobs import operations
 from jobs.config import ConfigError, Settings
 
 log = logging.getLogger(__name__)
@@ -82,14 +87,77 @@ def get_spark(settings: Settings, app_name: str | None = None, extra_conf: dict 
     if "spark.sql.warehouse.dir" in conf:
         conf["spark.sql.warehouse.dir"] = str(settings.path(conf["spark.sql.warehouse.dir"]))
     conf.update(extra_conf or {})
+    scratch = _session_scratch(settings)
+    if scratch is not None and "spark.local.dir" not in conf:
+        # Spill, shuffle and broadcast files of jobs that touch identifiers: set before the JVM
+        # starts, inside the restricted zone (a local master's; a cluster's executors spill
+        # where their workers' SPARK_LOCAL_DIRS say).
+        conf["spark.local.dir"] = str(operations.private_dir(scratch / "spill"))
     for key, value in conf.items():
         builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
-    checkpoints = settings.spark.checkpoint_dir
-    spark.sparkContext.setCheckpointDir(
-        checkpoints if "://" in checkpoints else str(settings.path(checkpoints)))
+    if scratch is not None:
+        _scratch["session"] = scratch
+        _scratch["configured"] = bool(settings.spark.checkpoint_dir)
+        _scratch["checkpoints"] = checkpoint_dir(settings, scratch)
+        spark.sparkContext.setCheckpointDir(_scratch["checkpoints"])
     return spark
+
+
+# This process's session scratch folder and the checkpoint folder its session uses between
+# jobs (see :func:`job_scratch`).
+_scratch: dict[str, object] = {}
+
+
+def _session_scratch(settings: Settings) -> Path | None:
+    """The session's private folder under ``<restricted>/_scratch`` (stale folders of dead runs
+    removed first), removed when the process ends; None for an account that cannot write the
+    restricted zone (an analyst's: it reads no identifiers, so Spark's defaults serve)."""
+    restricted = settings.local_dir("restricted")
+    probe = restricted if restricted.exists() else restricted.parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return None
+    folder = operations.run_scratch(settings, "session")
+    atexit.register(operations.remove_scratch, folder)
+    return folder
+
+
+def checkpoint_dir(settings: Settings, scratch: Path) -> str:
+    """Where a session or job checkpoints: ``spark.checkpoint_dir`` when configured (inside the
+    restricted zone, checked by the configuration), else ``<scratch>/checkpoints``."""
+    configured = settings.spark.checkpoint_dir
+    if configured:
+        return configured if "://" in configured else str(settings.path(configured))
+    return str(operations.private_dir(scratch / "checkpoints"))
+
+
+_job_counter = itertools.count(1)
+
+
+@contextmanager
+def job_scratch(spark, settings: Settings, name: str) -> Iterator[Path]:
+    """A job's private working folder (``<restricted>/_scratch/<run>/<name>-<n>``, 0700) for
+    the body: Spark's and Splink's checkpoints go there (``setCheckpointDir``), and the job may
+    write its own working files there. Removed when the body ends, also on failure; the
+    session's checkpoint folder is then in use again. A long-lived session (the tests', a
+    benchmark's) runs many jobs, each in its own folder; nested uses share the outer folder."""
+    if "job" in _scratch:
+        yield _scratch["job"]
+        return
+    folder = operations.run_scratch(settings, f"{name}-{next(_job_counter)}")
+    sc = spark.sparkContext
+    sc.setCheckpointDir(checkpoint_dir(settings, folder))
+    _scratch["job"] = folder
+    try:
+        yield folder
+    finally:
+        del _scratch["job"]
+        operations.remove_scratch(folder)
+        if "checkpoints" in _scratch:
+            sc.setCheckpointDir(_scratch["checkpoints"])
 
 
 def parallel_jobs(spark, per_core: int = 1, most: int = 4) -> int:
@@ -117,7 +185,19 @@ def release_cached(spark) -> dict:
         rdd.unpersist(False)
     gc.collect()
     sc._jvm.System.gc()
+    _renew_checkpoints(sc)
     return left
+
+
+def _renew_checkpoints(sc) -> None:
+    """Remove what finished jobs checkpointed into the session's folder (Splink's tables hold
+    identifiers) and checkpoint into a fresh one from now on."""
+    session = _scratch.get("session")
+    if session is None or "job" in _scratch or _scratch.get("configured"):
+        return
+    folder = Path(_scratch["checkpoints"])
+    shutil.rmtree(folder, ignore_errors=True)
+    sc.setCheckpointDir(str(operations.private_dir(folder)))
 
 
 def resolve_jars(settings: Settings) -> list[Path]:

@@ -119,15 +119,17 @@ def test_secret_from_environment_then_file_and_missing_is_an_error(conf_dir, tmp
     key_file.chmod(0o600)  # a key file others can read is refused (tests/test_operations.py)
     with pytest.raises(ConfigError, match="missing or empty"):
         load(conf_dir, environ={}).secret("hmac_key")  # an empty secret is no secret
-    key_file.write_text("from-file\n")
-    assert load(conf_dir, environ={}).secret("hmac_key") == "from-file"
-    assert load(conf_dir, environ={"HL_TEST_KEY": "from-env"}).secret("hmac_key") == "from-env"
+    key_file.write_text("from-file-" + "f" * 32 + "\n")  # keys are at least 32 bytes
+    assert load(conf_dir, environ={}).secret("hmac_key") == "from-file-" + "f" * 32
+    from_env = "from-env-" + "e" * 32
+    assert load(conf_dir, environ={"HL_TEST_KEY": from_env}).secret("hmac_key") == from_env
 
 
 def test_secret_value_is_not_in_the_settings_repr(conf_dir):
-    settings = load(conf_dir, environ={"HEALTHLAKE_HMAC_KEY": "s3cr3t-value"})
-    assert settings.secret("hmac_key") == "s3cr3t-value"
-    assert "s3cr3t-value" not in repr(settings)
+    value = "s3cr3t-value-" + "v" * 32
+    settings = load(conf_dir, environ={"HEALTHLAKE_HMAC_KEY": value})
+    assert settings.secret("hmac_key") == value
+    assert value not in repr(settings)
 
 
 def test_unknown_table_lists_the_catalogue(conf_dir):

@@ -53,6 +53,7 @@ from jobs.generate.writers import (
     manifest_bytes,
     serialise,
 )
+from jobs.operations import private_files
 
 DAILY_FEEDS = ("resident_registry", "encounters", "lab_results", "referrals", "chronic_followups")
 SURVEY = "institution_survey"
@@ -409,8 +410,18 @@ def generate(settings: Settings, *, residents: int | None = None, full_city: boo
 
     Defaults come from conf (generator.yaml); ``full_city`` uses the census population and, unless
     ``days`` is given, one day. Re-running with the same arguments rewrites the same bytes: each
-    generated date's landing and late-delivery folders are replaced, not merged.
+    generated date's landing and late-delivery folders are replaced, not merged. Landing, late
+    deliveries and ground truth hold identifiers: their roots are made 0700 first and every
+    file is written readable by its owner only (:func:`jobs.operations.private_files`).
     """
+    with private_files(settings):
+        return _generate(settings, residents=residents, full_city=full_city,
+                         start_date=start_date, days=days, seed=seed)
+
+
+def _generate(settings: Settings, *, residents: int | None, full_city: bool,
+              start_date: dt.date | None, days: int | None, seed: int | None
+              ) -> dict[str, Any]:
     t0 = time.perf_counter()
     city, gen = load_params(settings)
     contracts = load_contracts()
@@ -509,9 +520,14 @@ def deliver_late(settings: Settings, extract_date: dt.date | str) -> list[Path]:
     src_root = settings.late_deliveries_root / day
     if not src_root.is_dir():
         return []
+    with private_files(settings):
+        return _move_late(src_root, settings.landing_root / day)
+
+
+def _move_late(src_root: Path, landing_day: Path) -> list[Path]:
     moved: list[Path] = []
     for src in sorted(p for p in src_root.iterdir() if p.is_dir()):
-        dst = settings.landing_root / day / src.name
+        dst = landing_day / src.name
         if dst.exists():
             shutil.rmtree(dst)
         dst.parent.mkdir(parents=True, exist_ok=True)
