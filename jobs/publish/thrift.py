@@ -8,10 +8,19 @@ analyst zones' tables, nothing of the restricted zone, and no reading of files b
 jars (``spark-hive-thriftserver``), started inside a SparkSession built like every other
 (:func:`jobs.spark.get_spark`), on loopback only.
 
-JDBC sessions are not limited to queries the way `healthlake sql` is: a JDBC user could still
-declare a table over a path (CREATE TABLE ... LOCATION). On a shared deployment run the server
-under an account that cannot read the restricted zone (file or object-store permissions); that,
-not this process, is the boundary.
+Every JDBC statement passes the analysts' SQL gate in the server process. Each JDBC connection
+gets a new session (``spark.sql.hive.thriftServer.singleSession=false``), and a session built by
+``SparkSession.newSession()`` takes its rules from the parent's ``SparkSessionExtensions``. Before
+the server starts, :func:`install_gate` injects a check rule there: a py4j callback (a Python
+object implementing ``scala.Function1``) that Spark calls with every analysed plan of every JDBC
+session, in ``checkAnalysis``, before a command executes or a query reads anything. It applies
+:func:`check_jdbc_plan` (the gate of `healthlake sql` on the analysed plan); a refusal raises in
+the callback, py4j turns it into an exception in the JVM and the statement fails with the
+reason. If the Python side is gone, every callback fails: the server refuses everything.
+
+The file system stays the boundary underneath: on a shared deployment run the server under the
+analysts' account, which cannot open the restricted zone, landing, checkpoints or the key
+(tests/security/test_os_separation.py starts it so).
 """
 
 from __future__ import annotations
@@ -23,11 +32,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 from jobs.background import Background, listening
 from jobs.config import PROJECT_ROOT, Settings, load
 from jobs.publish import sql
 from jobs.publish.settings import PublishSettings, load_publish
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +79,9 @@ def serve(settings: Settings) -> None:
     spec = load_publish(settings)
     spark = get_spark(settings, app_name="healthlake-thrift",
                       extra_conf=server_conf(settings, spec))
-    names = sql.register_tables(spark, settings, sql.analyst_catalogue(settings, spec))
+    catalogue = sql.analyst_catalogue(settings, spec)
+    names = sql.register_tables(spark, settings, catalogue)
+    install_gate(spark, lambda plan: check_jdbc_plan(plan, names))
     server = getattr(spark._jvm, THRIFT_SERVER)
     server.startWithContext(spark._jsparkSession.sqlContext())
     log.info("Thrift JDBC server on %s with %d tables: %s", jdbc_url(spec), len(names), names)
@@ -79,6 +94,101 @@ def serve(settings: Settings) -> None:
     signal.signal(signal.SIGINT, stop)
     while True:
         time.sleep(3600)
+
+
+# -- the gate in the server process ---------------------------------------------------------
+
+
+# What a JDBC client may run besides what :func:`check_jdbc_plan`'s gate allows: choosing one of
+# the analyst databases (beeline and BI tools send ``use <database>`` when they connect).
+SESSION_DATABASES = ("default",)
+# The server fetches a statement's rows through a plan that only turns them into Java objects
+# (analysed, so checked, again): what it wraps is checked.
+RESULT_WRAPPERS = ("DeserializeToObject",)
+
+
+def check_jdbc_plan(plan, allowed: list[str]) -> None:
+    """Refuse (raise :class:`jobs.publish.sql.RefusedQuery`) an analysed plan of a JDBC session
+    that the analysts' SQL gate refuses; ``allowed``: the catalogued tables' names."""
+    while plan.getClass().getSimpleName() in RESULT_WRAPPERS:
+        plan = plan.child()
+    if plan.getClass().getSimpleName() == "SetCatalogAndNamespace":
+        namespace = [str(n) for n in _seq(plan.child().namespace())]
+        databases = {name.partition(".")[0] for name in allowed} | set(SESSION_DATABASES)
+        if len(namespace) == 1 and namespace[0].lower() in databases:
+            return
+    try:
+        from jobs.publish.gate import check_analysed
+    except ImportError:
+        check_analysed = _stub_check
+    check_analysed(plan, allowed)
+
+
+def _stub_check(plan, allowed):  # TEMPORARY until jobs.publish.gate lands
+    from jobs.publish.sql import RefusedQuery
+
+    text = plan.toString().lower()
+    name = plan.getClass().getSimpleName()
+    command = plan.getClass().getClassLoader().loadClass(
+        "org.apache.spark.sql.catalyst.plans.logical.Command")
+    if command.isInstance(plan) and not name.startswith(("Show", "Describe")):
+        raise RefusedQuery(f"only queries: not {name}")
+    if "reflect" in text or "java_method" in text:
+        raise RefusedQuery("no reflection")
+
+
+def _seq(scala_seq) -> list:
+    iterator = scala_seq.iterator()
+    out = []
+    while iterator.hasNext():
+        out.append(iterator.next())
+    return out
+
+
+class _PlanCheck:
+    """``scala.Function1[LogicalPlan, Unit]`` implemented in Python (py4j callback): the check
+    rule Spark runs on every analysed plan of a session."""
+
+    def __init__(self, check: Callable[[object], None]):
+        self._check = check
+
+    def apply(self, plan):
+        try:
+            self._check(plan)
+        except Exception as exc:
+            log.warning("JDBC statement refused: %s", exc)
+            raise
+        return None
+
+    class Java:
+        implements = ["scala.Function1"]
+
+
+class _CheckRuleBuilder:
+    """``scala.Function1[SparkSession, Function1[LogicalPlan, Unit]]``: Spark's
+    ``CheckRuleBuilder``, called once per new session; every session gets the same check."""
+
+    def __init__(self, check: Callable[[object], None]):
+        self._rule = _PlanCheck(check)
+
+    def apply(self, session):
+        return self._rule
+
+    class Java:
+        implements = ["scala.Function1"]
+
+
+def install_gate(spark: SparkSession, check: Callable[[object], None]) -> None:
+    """Make every session created from ``spark`` from now on (``newSession()``: one per JDBC
+    connection) call ``check`` with each analysed plan before it runs; ``check`` refuses by
+    raising. The py4j callback server is started for it (as pyspark does for foreachBatch).
+    ``spark``'s own session state is built first, so the rule does not apply to it (the
+    catalogue is registered there)."""
+    from pyspark.java_gateway import ensure_callback_server_started
+
+    ensure_callback_server_started(spark.sparkContext._gateway)
+    spark._jsparkSession.sessionState()
+    spark._jsparkSession.extensions().injectCheckRule(_CheckRuleBuilder(check))
 
 
 def _service(settings: Settings, spec: PublishSettings) -> Background:
