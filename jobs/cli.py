@@ -334,7 +334,9 @@ def cmd_privacy_scan(settings: Settings, args: argparse.Namespace) -> dict:
     known = privacy.known_values(source) if source else None
     roots = [Path(r) for r in args.published] if args.published else \
         [exports_root(settings, spec), reports_root(settings, spec)]
-    spark = get_spark(settings, app_name="healthlake-privacy-scan")
+    # Zones on local directories: every table's files are read directly, no Spark to start.
+    spark = get_spark(settings, app_name="healthlake-privacy-scan") if any(
+        settings.zone_is_uri(z) for z in settings.paths.zones) else None
     return {"known_values_from": str(source) if source else None,
             **privacy.run(spark, settings, roots, known, everything=True)}
 

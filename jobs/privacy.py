@@ -225,8 +225,18 @@ class KnownIndex:
         import re
 
         self.values = known
+        self._array = None
         self.cjk_lengths = sorted({len(v) for v in known if re.fullmatch(CJK_RUN, v)})
         self.cjk = re.compile(CJK_RUN)
+
+    @property
+    def array(self):
+        """The known values as an Arrow array (for ``pyarrow.compute.is_in``), built once."""
+        if self._array is None:
+            import pyarrow as pa
+
+            self._array = pa.array(sorted(self.values), pa.string())
+        return self._array
 
     def in_document(self, text: str) -> list[str]:
         found = []
@@ -256,25 +266,18 @@ def _walk_strings(value, out: list[str]) -> None:
             _walk_strings(v, out)
 
 
-def _file_texts(path: Path) -> tuple[list[str], list[str]]:
-    """A written file's (cells, documents): values compared whole, texts searched."""
-    if path.suffix == ".parquet" or path.name.endswith(".parquet"):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-        cells = [v.decode("utf-8", "replace") for v in (table.schema.metadata or {}).values()]
-        flat = all(pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-                   or not pa.types.is_nested(f.type) for f in table.schema)
-        if flat:
-            for column in table.columns:
-                if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-                    cells += [v for v in column.to_pylist() if v is not None]
-        else:
-            _walk_strings(table.to_pylist(), cells)
-        return cells, [c for c in cells if c[:1] in "{["]
+def _file_texts(path: Path, index: KnownIndex | None = None
+                ) -> tuple[list[str], list[str], list[str]]:
+    """A written file's (cells, documents, known values found): cells are checked against the
+    patterns, documents searched, known values compared whole. For Parquet, only the values
+    that may hold a pattern (eleven digits in a row) or JSON, and the known values found, both
+    picked by Arrow's vectorised kernels: a whole curated table stays quick."""
+    known = index.values if index is not None else set()
+    if path.suffix == ".parquet":
+        return _parquet_texts(path, index)
     if path.suffix == ".xlsx":
-        return _strings_of_file(path)[0], []
+        cells = _strings_of_file(path)[0]
+        return cells, [], [c for c in cells if c in known]
     with open(path, "rb") as f:
         text = f.read(MAX_TEXT_BYTES).decode("utf-8", "replace")
     cells: list[str] = []
@@ -284,7 +287,32 @@ def _file_texts(path: Path) -> tuple[list[str], list[str]]:
                 _walk_strings(json.loads(line), cells)
             except ValueError:
                 continue
-    return cells, [text]
+    return cells, [text], [c for c in cells if c in known]
+
+
+def _parquet_texts(path: Path, index: KnownIndex | None
+                   ) -> tuple[list[str], list[str], list[str]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    cells = [v.decode("utf-8", "replace") for v in (table.schema.metadata or {}).values()]
+    if any(pa.types.is_nested(f.type) for f in table.schema):  # Delta checkpoints: small
+        _walk_strings(table.to_pylist(), cells)
+        return cells, [c for c in cells if c[:1] in "{["], \
+            [c for c in cells if index is not None and c in index.values]
+    wanted = index.array if index is not None else pa.array([], pa.string())
+    found: list[str] = []
+    for column in table.columns:
+        if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+            continue
+        worth = pc.or_(pc.match_substring_regex(column, "[0-9]{11}"),
+                       pc.starts_with(column, "{"))
+        cells += pc.filter(column, worth).to_pylist()
+        if len(wanted):
+            found += pc.filter(column, pc.is_in(column, value_set=wanted)).to_pylist()
+    return cells, [c for c in cells if c[:1] in "{["], found
 
 
 def scan_folder(root: Path, known: set[str] | None = None, skip: list[Path] = (),
@@ -311,7 +339,7 @@ def scan_folder(root: Path, known: set[str] | None = None, skip: list[Path] = ()
                 continue
             seen.add(real)
             try:
-                cells, documents = _file_texts(path)
+                cells, documents, found = _file_texts(path, index)
             except Exception as exc:  # an unreadable file is reported, never skipped silently
                 out[str(path)] = {"unreadable": [type(exc).__name__]}
                 continue
@@ -323,7 +351,6 @@ def scan_folder(root: Path, known: set[str] | None = None, skip: list[Path] = ()
                 for m in mobiles.finditer(text):
                     hits.setdefault("mobile_phone", []).append(_mask(m.group(0)))
             if index is not None:
-                found = [c for c in cells if c in index.values]
                 for text in documents:
                     found += index.in_document(text)
                 if found:
@@ -353,12 +380,18 @@ def run(spark: SparkSession, settings: Settings, published_roots: list[Path],
         known: set[str] | None, everything: bool = False) -> dict:
     """Scan every curated table and every published file; PrivacyError on any hit. With
     ``everything`` (the `privacy-scan` command) every file of every folder the pipeline writes
-    too, and the folders that hold identifiers by design must be closed to other accounts."""
+    too, and the folders that hold identifiers by design must be closed to other accounts;
+    then without ``spark`` (zones on local directories) the curated tables are read through
+    their files (every Parquet file on disk, current or not) rather than by Spark."""
     import time
 
     started = time.perf_counter()
-    scanned = written_curated_tables(spark, settings)
-    tables = scan(spark, settings, known, scanned)
+    if everything and spark is None:  # local zones: every table's files are read below
+        scanned = [t for t in curated_tables(settings) if settings.table_path(t).is_dir()]
+        tables = {}
+    else:
+        scanned = written_curated_tables(spark, settings)
+        tables = scan(spark, settings, known, scanned)
     files, folders, open_folders = {}, {}, {}
     if everything:
         folders, files = scan_written_folders(settings, known, published_roots)
