@@ -113,6 +113,8 @@ def resolved_city(spark, settings, ingested_city):
         if day == ER_DAYS[0]:
             snapshots["links"] = person_links(spark, settings)
             snapshots["persons"] = read_table(spark, settings, "silver.person").toPandas()
+            snapshots["person_attributes"] = read_table(
+                spark, settings, "restricted.person_attributes").toPandas()
     return {**ingested_city, **snapshots}
 
 

@@ -79,10 +79,13 @@ def write_clinical(spark, s, institutions, persons, encounters):
     write_table(spark.createDataFrame(institutions, "institution_id string, institution_name "
                                       "string, tier string, district_code string, area_code "
                                       "string"), s, "silver.institution", mode="overwrite")
-    write_table(spark.createDataFrame(persons, "person_id string, sex string, birth_date date, "
-                                      "district_code string, area_code string, "
-                                      "primary_institution_id string, n_local_records long"),
-                s, "silver.person", mode="overwrite")
+    people = spark.createDataFrame(persons, "person_id string, sex string, birth_date date, "
+                                   "district_code string, area_code string, "
+                                   "primary_institution_id string, n_local_records long")
+    write_table(people.select("person_id", "sex", "birth_date", "district_code", "area_code"), s,
+                "restricted.person_attributes", mode="overwrite")
+    write_table(people.select("person_id", "primary_institution_id", "n_local_records"), s,
+                "silver.person", mode="overwrite")  # what has_person looks up
     rows = [(i, e, DAY, p, "municipal" if i.startswith("ZHM") else "village",
              dt.datetime(2024, 4, 20, 9, 30), "outpatient", icd, fam, 35.5)
             for i, e, p, icd, fam in encounters]
@@ -93,7 +96,7 @@ def write_clinical(spark, s, institutions, persons, encounters):
                 s, "silver.encounter", mode="overwrite")
 
 
-CLINICAL = ["silver.institution", "silver.person", "silver.encounter"]
+CLINICAL = ["silver.institution", "restricted.person_attributes", "silver.encounter"]
 
 
 def test_clean_batches_pass_and_are_recorded(spark, small_lake):
@@ -129,9 +132,11 @@ def test_broken_batches_fail_the_right_expectation_with_offending_keys(spark, sm
     assert "2 of 5 rows unexpected" in dup and "encounter_id=E1" in dup
     orphaned = lines["silver.encounter: expect_column_values_to_be_in_set:has_person [fail]"]
     assert "1 of 5 rows unexpected" in orphaned and "encounter_id=E9" in orphaned
-    area = lines["silver.person: expect_column_values_to_be_in_set:district_code [fail]"]
+    area = lines["restricted.person_attributes: expect_column_values_to_be_in_set:"
+                 "district_code [fail]"]
     assert f"person_id={'P' + 'd' * 24}" in area and "440499" in area
-    assert "silver.person: expect_column_values_to_match_regex:area_code [fail]" in lines
+    assert ("restricted.person_attributes: expect_column_values_to_match_regex:area_code "
+            "[fail]") in lines
     assert not any(k.startswith("silver.institution") for k in lines)  # clean table passes
     results = read_table(spark, small_lake, "ops.dq_results").where("NOT success")
     per_institution = {(r["expectation_id"], r["institution_id"]): r["unexpected_count"]

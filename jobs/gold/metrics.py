@@ -9,8 +9,9 @@ means "all": a row with every grain null is the city), ``numerator``, ``denomina
 (percent x100, per-1,000 x1000, counts as they are).
 
 Population denominators come from reference/population.csv (by district, age band and sex),
-never from the registry. Residents' grains (district, age band, sex) come from the golden record
-``silver.person``; ages are at the end of the period. A run recomputes exactly the periods a day
+never from the registry. Residents' grains (district, age band, sex) come from the golden record's
+exact attributes, ``restricted.person_attributes`` (``silver.person`` publishes them generalised;
+the read is audited); ages are at the end of the period. A run recomputes exactly the periods a day
 touched (the years, quarters and months of the events that arrived), each metric at the period
 types its catalogue entry lists, replacing their rows in one commit.
 """
@@ -558,7 +559,7 @@ def read_tables(spark: SparkSession, settings: Settings) -> dict[str, DataFrame]
                   .csv(str(settings.reference_root / "population.csv"))
                   .select("district_code", "age_band", "sex",
                           F.col("population").cast("double").alias("population")))
-    names = {"persons": "silver.person", "encounters": "silver.encounter",
+    names = {"persons": "restricted.person_attributes", "encounters": "silver.encounter",
              "followups": "silver.chronic_followup", "health_records": "silver.health_record",
              "lab_results": "silver.lab_result", "referrals": "silver.referral",
              "institutions": "silver.institution"}

@@ -1,5 +1,7 @@
 """Curated silver tables of one extract date: typed, deduplicated, linked to person_id, and with
-no identity number, name, phone or address in clear (those stay in the restricted zone).
+no identity number, name, phone or address in clear (those stay in the restricted zone), no
+exact quasi-identifier of a person (sex, birth date, residence area: silver.person publishes them
+generalised) and no pointer back to the raw line a row came from (file, line, file hash, ingest).
 
 Each feed's silver_std rows of the day get their ``person_id`` from ``silver.person_link`` and
 are merged into the curated table on the feed's key (institution_id + the institution's own
@@ -44,17 +46,19 @@ CURATED: dict[str, CuratedTable] = {
     "institution_survey": CuratedTable("silver.institution_survey", ("survey_period",),
                                        "survey_period"),
 }
-# Identifiers and quasi-identifiers that never leave the restricted zone. The person's sex and
-# birth date are in silver.person; the validity of the ID number stays, as a quality flag.
+# Identifiers and quasi-identifiers that never leave the restricted zone. The person's sex, birth
+# date and residence are in silver.person, generalised (jobs.silver.generalise); the validity of
+# the ID number and of the area code stay, as quality flags.
 IDENTIFYING = ["national_id", "national_id_raw", "national_id_clean", "id_birth_date", "id_sex",
                "name", "name_pinyin_key", "phone", "phone_type", "address", "patient_no", "sex",
-               "birth_date"]
-DROPPED_LINEAGE = ["source_sha256", "ingest_id"]
+               "birth_date", "area_code", "town_code", "district_code", "functional_zone"]
+# Lineage that leads back to a raw line of a landed file: used to order versions, never written.
+DROPPED_LINEAGE = ["source_file", "source_line", "source_sha256", "ingest_id"]
 
 
 def curate_feed(std: DataFrame, links: DataFrame | None, spec: CuratedTable) -> DataFrame:
-    """One day's silver_std rows -> curated rows: person_id joined, identifiers dropped, one row
-    per key (the latest event, then the last line sent)."""
+    """One day's silver_std rows -> curated rows: person_id joined, identifiers and the raw
+    line's lineage dropped, one row per key (the latest event, then the last line sent)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 

@@ -18,7 +18,9 @@ assignment. A row carrying its own valid national ID always belongs to that ID's
 ``person_id`` is a keyed hash (:mod:`jobs.silver.pseudonym`) of the national ID, or of the
 cluster's smallest local-patient id. Identifiers in clear stay in the restricted zone
 (``restricted.identity``); ``silver.person_link`` maps every source row to its person with no
-identifier, and ``silver.person`` is the golden record built by the survivorship rules.
+identifier, and ``silver.person`` is the golden record built by the survivorship rules, its sex,
+birth date and residence generalised so that no person stands out (:mod:`jobs.silver.generalise`);
+the exact values of those stay restricted (``restricted.person_attributes``, read by gold).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from jobs.config import ConfigError, Settings, build_dataclass, require
 from jobs.lake import read_table, table_exists, write_table
 from jobs.match import engine
+from jobs.silver.generalise import EXACT_ATTRIBUTES, PersonGeneralisation, generalise_persons
 from jobs.silver.pseudonym import hmac_key, person_id_column
 from jobs.spark import parallel_jobs
 from jobs.timing import Stopwatch
@@ -68,12 +71,14 @@ _TYPES = {"birth_date": "string"}
 
 @dataclass(frozen=True)
 class MatchingParams:
-    """The ``matching`` section: the residents' match specification and the survivorship rules."""
+    """The ``matching`` section: the residents' match specification, the survivorship rules
+    and how the curated golden record's quasi-identifiers are generalised."""
 
     model: dict[str, Any]
     ambiguity_margin: float = 0.0
     tier_trust_order: list[str] = field(
         default_factory=lambda: ["municipal", "district", "township", "village"])
+    person_generalisation: PersonGeneralisation = field(default_factory=PersonGeneralisation)
 
     @property
     def spec(self) -> engine.MatchSpec:
@@ -85,6 +90,8 @@ def load_matching_params(settings: Settings) -> MatchingParams:
     params: MatchingParams = build_dataclass(MatchingParams, settings.matching, "matching", o)
     engine.load_spec(params.model, "matching.model", o)  # a typo stops the run here, named
     require(0 <= params.ambiguity_margin < 1, "matching.ambiguity_margin", o, "must be in [0, 1)")
+    problems = params.person_generalisation.problems()
+    require(not problems, "matching.person_generalisation", o, "; ".join(problems))
     return params
 
 
@@ -153,7 +160,8 @@ def accept_links(pairs: DataFrame, lp_person: DataFrame, threshold: float, margi
 def survivorship(records: DataFrame, links: DataFrame, tier_trust_order: list[str]) -> DataFrame:
     """The golden record per person: every attribute is the most recent non-null value
     (by extract date, then event time), ties to the more trusted tier; birth date and sex from
-    a valid national ID first. No identifier in clear."""
+    a valid national ID first. No identifier in clear, but exact quasi-identifiers (sex, birth
+    date, community): :func:`jobs.silver.generalise.generalise_persons` before publishing."""
     from pyspark.sql import functions as F
 
     trust = F.coalesce(*[F.when(F.col("tier") == t, F.lit(len(tier_trust_order) - i))
@@ -474,13 +482,21 @@ def link_rows(records: DataFrame, lp_person: DataFrame, key: bytes) -> DataFrame
 
 
 def refresh_persons(spark: SparkSession, settings: Settings, params: MatchingParams) -> int:
-    """Recompute silver.person from every day's identity rows and links (deterministic, so
-    persons no day touched come out unchanged)."""
+    """Recompute the golden records from every day's identity rows and links (deterministic, so
+    persons no day touched come out unchanged): their exact sex, birth date and residence to
+    restricted.person_attributes, the rest with those generalised to silver.person."""
     records = identity_records(read_day(spark, settings, "true"))
     links = read_table(spark, settings, "silver.person_link")
     persons = survivorship(records, links, params.tier_trust_order).cache()
     n = persons.count()
-    write_table(persons, settings, "silver.person", mode="overwrite")
+    city_code = str(settings.city.get("code", ""))
+    if not city_code:
+        raise ConfigError("city.code: not set; silver.person generalises residence up to the "
+                          "city (conf/base/city.yaml)")
+    published = generalise_persons(persons, params.person_generalisation, city_code)
+    write_table(persons.select("person_id", *EXACT_ATTRIBUTES), settings,
+                "restricted.person_attributes", mode="overwrite")
+    write_table(published, settings, "silver.person", mode="overwrite")
     persons.unpersist()
     return n
 

@@ -46,7 +46,8 @@ D1 = SMALL_DAYS[0]
 STAGES = {
     "ingest": ("bronze.", "quarantine.", "ops.ingest_log"),
     "standardise": ("silver_std.", "quarantine.silver"),
-    "resolve": ("restricted.identity", "silver.person_link", "silver.person"),
+    "resolve": ("restricted.identity", "restricted.person_attributes", "silver.person_link",
+                "silver.person"),
     "curate": ("silver.",),
     "gold": ("gold.",),
 }
