@@ -144,3 +144,51 @@ def write(spark, settings: Settings, rows) -> None:
          .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
          .property("delta.appendOnly", "true").execute())
         rows.write.format("delta").mode("append").save(path)
+
+
+SQL_INBOX = "_audit_inbox"  # under the ops zone's root: mode 1733, created by the pipeline
+
+
+def record_sql(spark, settings: Settings, text: str, tables: list[str] = (),
+               rows: int | None = None, refused: str | None = None) -> None:
+    """One row for an analyst's SQL query, run (``sql_query``: the tables read with their Delta
+    versions, the rows returned) or refused (``sql_refused``: the reason), written at once.
+    An account that may not write the ops zone leaves the row as one JSON line in
+    ``<ops zone>/_audit_inbox/`` instead; when neither can be written the query fails."""
+    from jobs.lake import table_version
+
+    versions = {name: table_version(settings, name, spark) for name in tables}
+    at = _now()
+    row = (at.date(), at, *_who(None), "sql_refused" if refused else "sql_query",
+           ", ".join(tables) or "-", next(iter(versions.values())) if len(versions) == 1 else None,
+           rows, json.dumps({"query": text, "refused": refused, "tables": versions},
+                            ensure_ascii=False))
+    # A session of its own: the analyst's has reading by path switched off, which Delta's
+    # table builder needs for the audit table's own folder.
+    own = spark.newSession()
+    own.conf.set("spark.sql.runSQLOnFiles", "true")
+    try:
+        write(own, settings, own.createDataFrame([row], COLUMNS))
+    except Exception as exc:
+        if not _permission_denied(exc):
+            raise
+        names = [c.split()[0] for c in COLUMNS.split(", ")]
+        _write_inbox(settings, dict(zip(names, row, strict=True)))
+
+
+def _permission_denied(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, PermissionError) or any(
+        s in text for s in ("Permission denied", "AccessDeniedException", "EACCES"))
+
+
+def _write_inbox(settings: Settings, row: dict) -> Path:
+    import uuid
+
+    inbox = settings.zone_root("ops") / SQL_INBOX
+    where = inbox / f"{row['at']:%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex}.json"
+    fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+    log.warning("audit: ops.audit_log not writable by this account; row left in %s", where)
+    return where

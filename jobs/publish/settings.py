@@ -50,10 +50,22 @@ class PublishedTable:
     suppress: bool = False
 
 
+DENIED_FUNCTIONS = ["reflect", "java_method", "try_reflect", "input_file_name",
+                    "input_file_block_start", "input_file_block_length"]
+TABLE_FUNCTIONS = ["range", "explode", "explode_outer", "inline", "inline_outer", "posexplode",
+                   "posexplode_outer", "stack", "json_tuple"]
+
+
 @dataclass(frozen=True)
 class SqlSettings:
+    """The analysts' SQL (jobs/publish/gate.py): every table of ``zones`` and the listed
+    ``ops_tables``; functions refused by name; the table-valued functions allowed."""
+
     zones: list[str] = field(default_factory=lambda: ["curated"])
+    ops_tables: list[str] = field(default_factory=list)
     max_rows: int = 200
+    denied_functions: list[str] = field(default_factory=lambda: list(DENIED_FUNCTIONS))
+    table_functions: list[str] = field(default_factory=lambda: list(TABLE_FUNCTIONS))
 
 
 @dataclass(frozen=True)
@@ -113,6 +125,13 @@ def load_publish(settings: Settings) -> PublishSettings:
                 f"unknown zone {zone!r} (paths.zones: {', '.join(settings.paths.zones)})")
         require(zone != RESTRICTED_ZONE, "publish.sql.zones", o,
                 "the restricted zone is never open to analysts")
+    for name in spec.sql.ops_tables:
+        require(name in settings.tables and settings.tables[name].zone == "ops",
+                "publish.sql.ops_tables", o, f"{name!r} is not a table of the ops zone "
+                "(conf/base/catalog.yaml)")
+    for name in DENIED_FUNCTIONS:
+        require(name in [f.lower() for f in spec.sql.denied_functions],
+                "publish.sql.denied_functions", o, f"{name} reaches the engine: it stays denied")
     for column, names in spec.columns.items():
         require(len(names) == 2 and all(n.strip() for n in names), f"publish.columns.{column}",
                 o, "give [中文, English]")
