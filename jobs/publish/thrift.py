@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Callable
 
 from jobs.background import Background, listening
 from jobs.config import PROJECT_ROOT, Settings, load
-from jobs.publish import sql
+from jobs.publish import gate, sql
 from jobs.publish.settings import PublishSettings, load_publish
 
 if TYPE_CHECKING:
@@ -79,9 +79,9 @@ def serve(settings: Settings) -> None:
     spec = load_publish(settings)
     spark = get_spark(settings, app_name="healthlake-thrift",
                       extra_conf=server_conf(settings, spec))
-    catalogue = sql.analyst_catalogue(settings, spec)
-    names = sql.register_tables(spark, settings, catalogue)
-    install_gate(spark, lambda plan: check_jdbc_plan(plan, names))
+    allowed = gate.allowed_tables(settings, spec)
+    names = sql.register_tables(spark, settings, allowed)
+    install_gate(spark, lambda plan: check_jdbc_plan(plan, allowed))
     server = getattr(spark._jvm, THRIFT_SERVER)
     server.startWithContext(spark._jsparkSession.sqlContext())
     log.info("Thrift JDBC server on %s with %d tables: %s", jdbc_url(spec), len(names), names)
@@ -107,34 +107,17 @@ SESSION_DATABASES = ("default",)
 RESULT_WRAPPERS = ("DeserializeToObject",)
 
 
-def check_jdbc_plan(plan, allowed: list[str]) -> None:
-    """Refuse (raise :class:`jobs.publish.sql.RefusedQuery`) an analysed plan of a JDBC session
-    that the analysts' SQL gate refuses; ``allowed``: the catalogued tables' names."""
+def check_jdbc_plan(plan, allowed: gate.Allowed) -> None:
+    """Refuse (raise :class:`jobs.publish.gate.RefusedQuery`) an analysed plan of a JDBC session
+    that the analysts' SQL gate refuses (:func:`jobs.publish.gate.check_analysed`); besides,
+    ``USE`` of an analyst database or ``default``."""
     while plan.getClass().getSimpleName() in RESULT_WRAPPERS:
         plan = plan.child()
     if plan.getClass().getSimpleName() == "SetCatalogAndNamespace":
-        namespace = [str(n) for n in _seq(plan.child().namespace())]
-        databases = {name.partition(".")[0] for name in allowed} | set(SESSION_DATABASES)
-        if len(namespace) == 1 and namespace[0].lower() in databases:
+        namespace = [str(n).lower() for n in _seq(plan.child().namespace())]
+        if len(namespace) == 1 and namespace[0] in allowed.layers | set(SESSION_DATABASES):
             return
-    try:
-        from jobs.publish.gate import check_analysed
-    except ImportError:
-        check_analysed = _stub_check
-    check_analysed(plan, allowed)
-
-
-def _stub_check(plan, allowed):  # TEMPORARY until jobs.publish.gate lands
-    from jobs.publish.sql import RefusedQuery
-
-    text = plan.toString().lower()
-    name = plan.getClass().getSimpleName()
-    command = plan.getClass().getClassLoader().loadClass(
-        "org.apache.spark.sql.catalyst.plans.logical.Command")
-    if command.isInstance(plan) and not name.startswith(("Show", "Describe")):
-        raise RefusedQuery(f"only queries: not {name}")
-    if "reflect" in text or "java_method" in text:
-        raise RefusedQuery("no reflection")
+    gate.check_analysed(plan, allowed)
 
 
 def _seq(scala_seq) -> list:
