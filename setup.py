@@ -23,6 +23,8 @@ INSTALL_REQUIRES = [
     "pypinyin==0.55.0",
     "splink==5.0.0",
     "matplotlib==3.11.2",
+    # linear programming (HiGHS) for the release audit of published tables
+    "scipy==1.17.1",
 ]
 
 DEV_REQUIRES = [

@@ -45,7 +45,7 @@ def assert_matches_gold(exported: pd.DataFrame, gold: pd.DataFrame) -> pd.Series
     got, want = _keyed(exported, keys), _keyed(gold, keys)
     assert got.index.equals(want.index)
     hidden = got[SUPPRESSED].notna()
-    assert set(got.loc[hidden, SUPPRESSED]) <= {"primary", "complementary"}
+    assert set(got.loc[hidden, SUPPRESSED]) <= {SUPPRESSED}  # one marker, never "primary"
     assert got.loc[hidden, VALUES].isna().all().all()
     for c in VALUES:
         pd.testing.assert_series_equal(got.loc[~hidden, c].astype(float),
@@ -94,7 +94,7 @@ def test_xlsx_export_reread_with_pandas_and_openpyxl_equals_gold(spark, gold_lak
 
 def test_csv_export_has_its_header_and_a_configurable_k(spark, gold_lake, tmp_path):
     settings = gold_lake
-    summary = export.run(spark, settings, ["ehr_coverage"], str(YEAR), "csv", tmp_path, k=5)
+    summary = export.run(spark, settings, ["ehr_coverage"], str(YEAR), "csv", tmp_path, k=20)
     (path,) = map(Path, summary["files"])
     head = [line for line in path.read_text(encoding="utf-8").splitlines()
             if line.startswith("#")]
@@ -102,14 +102,14 @@ def test_csv_export_has_its_header_and_a_configurable_k(spark, gold_lake, tmp_pa
     for key in ("what", "period", "generated_at", "source", "suppression", "definition",
                 "numerator", "denominator"):
         assert f"# {key}:" in text
-    assert "电子健康档案建档率" in text and "k = 5" in text
+    assert "电子健康档案建档率" in text and "k = 20" in text
     grains = {c: str for c in M.GRAIN_COLUMNS + ["period", SUPPRESSED]}
     rows = pd.read_csv(path, comment="#", dtype=grains)
     gold = _gold_metrics(spark, settings)
     assert_matches_gold(rows, gold[gold["metric_id"] == "ehr_coverage"])
     at_ten = export.run(spark, settings, ["ehr_coverage"], str(YEAR), "csv", tmp_path / "k10")
-    assert summary["suppressed_cells"]["ehr_coverage"] <= \
-        at_ten["suppressed_cells"]["ehr_coverage"]
+    assert summary["suppressed_cells"]["ehr_coverage"] >= \
+        at_ten["suppressed_cells"]["ehr_coverage"]  # a larger k (never a smaller one) hides more
 
 
 def test_parquet_export_carries_the_header_in_its_metadata(spark, gold_lake, tmp_path):
@@ -119,12 +119,17 @@ def test_parquet_export_carries_the_header_in_its_metadata(spark, gold_lake, tmp
     summary = export.run(spark, settings, ["gold.index_score"], str(YEAR), "parquet", tmp_path)
     (path,) = map(Path, summary["files"])
     meta = json.loads(pq.read_schema(path).metadata[export.METADATA_KEY])
-    assert meta["suppression"].startswith("none") and meta["period"].startswith(str(YEAR))
+    # scores are blanked where they would give a suppressed metric cell back (the rule says so)
+    assert "k = 10" in meta["suppression"] and meta["period"].startswith(str(YEAR))
     got = pd.read_parquet(path)
     gold = read_table(spark, settings, "gold.index_score").where(f"year = {YEAR}").toPandas()
     keys = ["area_level", "area_code", "index_name"]
-    assert list(got.columns) == list(gold.columns)
-    pd.testing.assert_frame_equal(_keyed(got, keys), _keyed(gold, keys), check_dtype=False)
+    assert list(got.columns) == [*gold.columns, SUPPRESSED]
+    shown = got[SUPPRESSED].isna()
+    assert shown.any() and got.loc[~shown, "score"].isna().all()
+    pd.testing.assert_frame_equal(_keyed(got[shown].drop(columns=SUPPRESSED), keys),
+                                  _keyed(gold, keys).loc[_keyed(got[shown], keys).index],
+                                  check_dtype=False)
     with pytest.raises(ValueError, match="yearly"):
         export.run(spark, settings, ["gold.index_score"], "2024-04", "csv", tmp_path)
 

@@ -11,8 +11,6 @@ import pytest
 from jobs.config import ConfigError
 from jobs.publish.settings import SuppressionRule, load_publish
 from jobs.publish.suppression import (
-    COMPLEMENTARY,
-    PRIMARY,
     SUPPRESSED,
     SuppressionError,
     equations,
@@ -25,6 +23,18 @@ from tests.conftest import make_settings
 
 GRAINS = ["district_code", "sex"]
 RULE = SuppressionRule(k=10, count_columns=["numerator"])
+# The tests' own labels: what is published is one marker for every suppressed cell.
+PRIMARY, COMPLEMENTARY = "primary", "complementary"
+
+
+def explained(table: pd.DataFrame, grains: list[str], rule: SuppressionRule) -> pd.DataFrame:
+    """``suppress(table)`` as published (one marker, asserted), with the marker replaced by the
+    tests' labels: primary where the count is small, complementary otherwise."""
+    out = suppress(table, grains, rule)
+    assert set(out[SUPPRESSED].dropna()) <= {SUPPRESSED}  # never a word saying which is small
+    label = out[SUPPRESSED].where(out[SUPPRESSED].isna(), COMPLEMENTARY)
+    label[primary(table, rule) & out[SUPPRESSED].notna()] = PRIMARY
+    return out.assign(**{SUPPRESSED: label})
 
 
 def district_by_sex(cells: dict[tuple[str, str], int]) -> pd.DataFrame:
@@ -60,7 +70,7 @@ TABLE = district_by_sex({("D1", "female"): 20, ("D1", "male"): 3,
 
 
 def test_primary_alone_is_recoverable_from_totals_complements_protect_it():
-    out = suppress(TABLE, GRAINS, RULE)
+    out = explained(TABLE, GRAINS, RULE)
     # Primary suppression alone: the one small cell comes back as its row total minus the
     # other cell of the row (and as its column total minus the others).
     naive = TABLE.assign(**{SUPPRESSED: out[SUPPRESSED].where(out[SUPPRESSED] == PRIMARY)})
@@ -101,7 +111,7 @@ def test_what_is_published_is_verified_whatever_suppressed_it(monkeypatch, tmp_p
     shown = TABLE.assign(**{SUPPRESSED: None})
     with pytest.raises(SuppressionError, match="under k=10 would be published"):
         verify(shown, GRAINS, RULE)
-    out = suppress(TABLE, GRAINS, RULE)
+    out = explained(TABLE, GRAINS, RULE)
     naive = TABLE.assign(**{SUPPRESSED: out[SUPPRESSED].where(out[SUPPRESSED] == PRIMARY)})
     with pytest.raises(SuppressionError, match="could be recomputed"):
         verify(naive, GRAINS, RULE)
@@ -121,7 +131,7 @@ def test_what_is_published_is_verified_whatever_suppressed_it(monkeypatch, tmp_p
 def test_nothing_is_suppressed_when_every_cell_reaches_k():
     table = district_by_sex({("D1", "female"): 10, ("D1", "male"): 11,
                              ("D2", "female"): 40, ("D2", "male"): 12})
-    out = suppress(table, GRAINS, RULE)
+    out = explained(table, GRAINS, RULE)
     assert out[SUPPRESSED].isna().all()
     pd.testing.assert_frame_equal(out.drop(columns=SUPPRESSED), table.astype(
         {"numerator": float}))
@@ -131,14 +141,14 @@ def test_k_is_configurable_and_zeros_are_published_unless_configured():
     table = district_by_sex({("D1", "female"): 0, ("D1", "male"): 12,
                              ("D2", "female"): 14, ("D2", "male"): 30})
     assert suppress(table, GRAINS, RULE)[SUPPRESSED].isna().all()
-    strict = suppress(table, GRAINS, dataclasses.replace(RULE, k=13))
+    strict = explained(table, GRAINS, dataclasses.replace(RULE, k=13))
     assert reasons(strict) == {("D1", "male"): PRIMARY, ("D1", None): PRIMARY,  # 12 < 13
                                ("D2", "male"): COMPLEMENTARY, ("D2", None): COMPLEMENTARY,
                                # the row's only other cell: a zero, but better than the total
                                ("D1", "female"): COMPLEMENTARY, ("D2", "female"): COMPLEMENTARY}
     assert recoverable(strict, GRAINS) == []
     assert not primary(table, dataclasses.replace(RULE, k=13)).iloc[0]  # 0 is not small
-    zeros = suppress(table, GRAINS, dataclasses.replace(RULE, suppress_zeros=True))
+    zeros = explained(table, GRAINS, dataclasses.replace(RULE, suppress_zeros=True))
     assert cell(zeros, "D1", "female")[SUPPRESSED] == PRIMARY
 
 
@@ -146,9 +156,9 @@ def test_a_small_denominator_suppresses_the_cell_too():
     table = pd.DataFrame({"sex": ["female", "male", None], "numerator": [10.0, 12.0, 22.0],
                           "denominator": [11.0, 400.0, 411.0]})
     table["value"] = 100 * table["numerator"] / table["denominator"]
-    out = suppress(table, ["sex"], SuppressionRule(k=10))
+    out = explained(table, ["sex"], SuppressionRule(k=10))
     assert out[SUPPRESSED].isna().all()
-    out = suppress(table, ["sex"], SuppressionRule(k=12))
+    out = explained(table, ["sex"], SuppressionRule(k=12))
     assert list(out[SUPPRESSED].fillna("")) == [PRIMARY, COMPLEMENTARY, ""]  # 10 < 12
     assert out.loc[0, ["numerator", "denominator", "value"]].isna().all()
 
@@ -158,7 +168,7 @@ def test_hierarchies_protect_towns_against_the_district_and_the_city():
             ("D2", "T3", 60), ("D2", None, 60), (None, None, 114)]
     table = pd.DataFrame(rows, columns=["district_code", "town_code", "numerator"])
     rule = dataclasses.replace(RULE, implied_grains={"town_code": ["district_code"]})
-    out = suppress(table, ["district_code", "town_code"], rule)
+    out = explained(table, ["district_code", "town_code"], rule)
     assert list(out[SUPPRESSED].fillna("")) == [PRIMARY, COMPLEMENTARY, "", "", "", ""]
     # The towns of the city add up to the city as well: a relation the hierarchy adds.
     assert (5, [0, 1, 3]) in [(t, sorted(m)) for t, m in equations(
@@ -167,7 +177,7 @@ def test_hierarchies_protect_towns_against_the_district_and_the_city():
     # A small district of a single town: the district's total goes with it, and complements
     # at both levels (another district, another town of the city).
     lone = table.assign(numerator=[20, 50, 70, 6, 6, 76])
-    out = suppress(lone, ["district_code", "town_code"], rule)
+    out = explained(lone, ["district_code", "town_code"], rule)
     assert list(out[SUPPRESSED].fillna("")) == [COMPLEMENTARY, "", COMPLEMENTARY, PRIMARY,
                                                  PRIMARY, ""]
     assert recoverable(out, ["district_code", "town_code"], rule.implied_grains) == []

@@ -30,11 +30,17 @@ def start(app_name: str = "healthlake-notebook") -> tuple[Settings, SparkSession
     return settings, get_spark(settings, app_name=app_name)
 
 
-def yearly_data(spark: SparkSession, settings: Settings, year: int) -> report.ReportData:
+def yearly_data(spark: SparkSession, settings: Settings, year: int, k: int | None = None
+                ) -> report.ReportData:
     """The year's published data, as the report reads it: yearly metrics up to ``year`` with
-    small cells suppressed, index scores, the data-quality scorecard rolled up."""
-    return report.load_data(spark, settings, year, load_publish(settings),
-                            load_catalogue(settings))
+    small cells suppressed (as one release), index scores blanked where they would give a
+    suppressed cell back, the data-quality scorecard rolled up. ``k`` may raise the configured
+    k, never lower it."""
+    import dataclasses
+
+    spec = load_publish(settings)
+    spec = dataclasses.replace(spec, suppression=spec.suppression.floor(k))
+    return report.load_data(spark, settings, year, spec, load_catalogue(settings))
 
 
 def cells(metrics: pd.DataFrame, metric_id: str, by: list[str], period: object | None = None

@@ -4,7 +4,9 @@ small cells suppressed and a header saying what, when, which definitions and whi
 A NAME is a metric of the catalogue (conf/base/metrics.yaml: its rows of the gold table it is
 written to) or a gold table of ``publish.tables`` (all of it; ``gold.metric_value`` one table per
 metric). ``--period`` is a year ``2024``, quarter ``2024Q2``, month ``2024-04`` or day
-``2024-04-15``, matched against each table as ``publish.tables`` says.
+``2024-04-15``, matched against each table as ``publish.tables`` says; it may be given several
+times (``--period 2024 --period 2024-04``): one export of every period, each sheet holding the
+rows of all of them, checked as one release.
 
 * CSV: the header as leading ``# key: value`` lines (``pd.read_csv(path, comment="#")``), then
   the rows with the gold table's column names; one file per table.
@@ -12,8 +14,10 @@ metric). ``--period`` is a year ``2024``, quarter ``2024Q2``, month ``2024-04`` 
 * XLSX: one workbook; a sheet "说明 About" with the header and every definition, then one sheet
   per table with readable column names (中文 English) and the title above them.
 
-Suppressed cells are blank and column ``suppressed`` says why (primary / complementary).
-Reading and the Delta version are at the edges (:func:`run`); the rest is pandas.
+Suppressed cells are blank and column ``suppressed`` marks them all alike. Everything one export
+publishes is checked as one system (:mod:`jobs.publish.release`): the metric cells of every
+sheet and period together, and the index tables blanked where they derive from a suppressed
+cell. Reading and the Delta version are at the edges (:func:`run`); the rest is pandas.
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ from jobs import audit
 from jobs.config import ConfigError, Settings
 from jobs.gold.catalogue import Metric, MetricCatalogue, load_catalogue
 from jobs.gold.metrics import GRAIN_COLUMNS, Period
+from jobs.publish import release
 from jobs.publish.settings import PublishedTable, PublishSettings, exports_root, load_publish
-from jobs.publish.suppression import SUPPRESSED, suppress, verify
+from jobs.publish.suppression import SUPPRESSED, blank, suppress, verify
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -121,11 +126,17 @@ class Sheet:
 
 @dataclass
 class Export:
-    """The sheets of one export and the header every file carries."""
+    """The sheets of one export (one release: every period of it) and the header every file
+    carries."""
 
-    period: Period
+    periods: list[Period]
     sheets: list[Sheet]
     header: dict[str, str] = field(default_factory=dict)
+    audit: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return "+".join(p.label for p in self.periods)
 
 
 # -- pure transforms ----------------------------------------------------------------------------
@@ -164,9 +175,31 @@ def suppress_metric_rows(rows: pd.DataFrame, metric: Metric | None, all_rows: pd
     return pd.concat(parts)
 
 
+def suppress_release(rows: pd.DataFrame, catalogue: MetricCatalogue, spec: PublishSettings
+                     ) -> tuple[pd.DataFrame, dict]:
+    """Every metric row a release publishes (``gold.metric_value``: every metric and period of
+    it, true values, unique index), suppressed cube by cube and then audited as one system
+    (:func:`jobs.publish.release.protect`) until no suppressed count can be worked out. Returns
+    the rows as published (same index) and the audit's figures."""
+    rule = spec.suppression
+    if rows.empty:
+        return rows.assign(**{SUPPRESSED: pd.Series(dtype=object)}), {}
+    parts = [suppress_metric_rows(mine, catalogue.metrics.get(mid), rows, spec)
+             for mid, mine in rows.groupby("metric_id", sort=False)]
+    hidden = pd.concat(parts)[SUPPRESSED].notna().reindex(rows.index, fill_value=False)
+    # counts of persons only: an age-standardised rate's numerator and denominator are weights
+    # (it is judged by its crude counts, above)
+    standardised = {m for m, metric in catalogue.metrics.items() if metric.standardisation}
+    counted = ~rows["metric_id"].isin(standardised)
+    protected, figures = release.protect(rows[counted], hidden[counted], GRAIN_COLUMNS, rule)
+    hidden[protected.index] = protected
+    return blank(rows, hidden, rule), figures
+
+
 def build_sheets(selection: Selection, rows: pd.DataFrame, catalogue: MetricCatalogue,
                  spec: PublishSettings) -> list[Sheet]:
-    """The sheets of one NAME from its table's rows of the period."""
+    """The sheets of one NAME from its table's rows of the release (a suppressed table's rows
+    already suppressed as one release: :func:`suppress_release`)."""
     table = spec.tables[selection.table]
     whole = table.metric_column is None or (selection.metric_id is None and not table.suppress)
     if whole:
@@ -180,8 +213,6 @@ def build_sheets(selection: Selection, rows: pd.DataFrame, catalogue: MetricCata
     for metric_id in wanted:
         mine = rows[rows[table.metric_column] == metric_id]
         metric = catalogue.metrics.get(metric_id)
-        if table.suppress:
-            mine = suppress_metric_rows(mine, metric, rows, spec)
         unused = [c for c in GRAIN_COLUMNS if c in mine.columns and mine[c].isna().all()]
         sheets.append(Sheet(metric_id, selection.table, order_rows(mine).drop(columns=unused),
                             metric, suppressed=table.suppress))
@@ -193,11 +224,12 @@ def header(export: Export, spec: PublishSettings, generated_at: dt.datetime,
     """What, when, from which table versions, under which rule."""
     sources = ", ".join(f"{t} (Delta version {v})" if v is not None else t
                         for t, v in sorted(versions.items()))
-    rule = (spec.suppression.describe() if any(s.suppressed for s in export.sheets)
+    derived = any(s.source_table in release.INDEX_TABLES for s in export.sheets)
+    rule = (spec.suppression.describe() if any(s.suppressed for s in export.sheets) or derived
             else "none: these tables hold no counts of persons")
     return {
         "what": "; ".join(s.title for s in export.sheets) or "nothing",
-        "period": f"{export.period.label} ({export.period.start} to {export.period.end})",
+        "period": "; ".join(f"{p.label} ({p.start} to {p.end})" for p in export.periods),
         "generated_at": generated_at.isoformat(timespec="seconds"),
         "source": sources,
         "definitions": "the metric catalogue, conf/base/metrics.yaml (docs/metric-catalogue.md)",
@@ -288,7 +320,7 @@ def write_xlsx(export: Export, spec: PublishSettings, path: Path) -> Path:
 
     for name, sheet in zip(names, export.sheets, strict=True):
         ws = wb.create_sheet(name)
-        ws.append([f"{sheet.title} · {export.period.label}"])
+        ws.append([f"{sheet.title} · {export.label}"])
         ws["A1"].font = bold
         ws.append([spec.label(c) for c in sheet.rows.columns])
         for cell in ws[2]:
@@ -315,26 +347,80 @@ def _excel_value(value: object) -> object:
 
 
 def read_rows(spark: SparkSession, settings: Settings, table: str, spec: PublishSettings,
-              period: Period) -> tuple[pd.DataFrame, int | None]:
-    """A table's rows of the period (pandas) and the Delta version read."""
+              periods: list[Period]) -> tuple[pd.DataFrame, int | None]:
+    """A table's rows of the periods it has (pandas, a fresh index) and the Delta version read;
+    a clear error when it has none of them."""
     from jobs.lake import read_table, table_version
 
-    df = read_table(spark, settings, table).where(period_filter(spec.tables[table], period))
-    return df.toPandas(), table_version(settings, table, spark)
+    conditions, errors = [], []
+    for period in periods:
+        try:
+            conditions.append(f"({period_filter(spec.tables[table], period)})")
+        except ConfigError as e:
+            errors.append(e)
+    if not conditions:
+        raise errors[0]
+    df = read_table(spark, settings, table).where(" OR ".join(conditions))
+    return df.toPandas().reset_index(drop=True), table_version(settings, table, spark)
 
 
-def prepare(spark: SparkSession, settings: Settings, names: list[str], period: Period,
+def release_rows(read: dict[str, tuple[pd.DataFrame, int | None]], selections: list[Selection],
+                 index_sources: pd.DataFrame | None) -> pd.DataFrame:
+    """The metric rows one release publishes: the metrics asked for, and the index's source
+    metrics when an index table is in it (its values print theirs)."""
+    parts = []
+    if release.METRIC_TABLE in read and not read[release.METRIC_TABLE][0].empty:
+        rows = read[release.METRIC_TABLE][0]
+        if not any(s.table == release.METRIC_TABLE and s.metric_id is None for s in selections):
+            rows = rows[rows["metric_id"].isin({s.metric_id for s in selections})]
+        parts.append(rows)
+    if index_sources is not None:
+        parts.append(index_sources)
+    if not parts:
+        return pd.DataFrame()
+    rows = pd.concat(parts, ignore_index=True)
+    keys = ["metric_id", "period_type", "period", *GRAIN_COLUMNS]
+    return rows.drop_duplicates([c for c in keys if c in rows.columns]).reset_index(drop=True)
+
+
+def prepare(spark: SparkSession, settings: Settings, names: list[str], periods: list[Period],
             spec: PublishSettings, catalogue: MetricCatalogue) -> Export:
-    """Read what the names need and build the suppressed sheets and their header."""
+    """Read what the names need and build the sheets of one release: metric rows suppressed
+    together, index tables blanked where they derive from a suppressed cell, the header."""
     selections = [resolve_name(n, catalogue, spec) for n in names]
     read: dict[str, tuple[pd.DataFrame, int | None]] = {}
     for table in dict.fromkeys(s.table for s in selections):
-        read[table] = read_rows(spark, settings, table, spec, period)
-    sheets = [sheet for s in selections
-              for sheet in build_sheets(s, read[s.table][0], catalogue, spec)]
-    export = Export(period, sheets)
+        read[table] = read_rows(spark, settings, table, spec, periods)
+    sources = None
+    if any(t in release.INDEX_TABLES for t in read):
+        years = [p for p in periods if p.type == "year"]
+        sources, version = read_rows(spark, settings, release.METRIC_TABLE, spec, years)
+        sources = sources[sources["metric_id"].isin(release.index_source_metrics(settings))]
+        read.setdefault(release.METRIC_TABLE, (pd.DataFrame(), version))
+        if "gold.index_indicator" not in read:
+            read["gold.index_indicator"] = read_rows(spark, settings, "gold.index_indicator",
+                                                     spec, years)
+    published, figures = suppress_release(release_rows(read, selections, sources), catalogue,
+                                          spec)
+    indicators = None
+    if "gold.index_indicator" in read:
+        indicators = release.blank_indicators(read["gold.index_indicator"][0], published)
+    sheets = []
+    for s in selections:
+        frame = read[s.table][0]
+        if s.table == release.METRIC_TABLE:
+            frame = published[published["metric_id"].isin(
+                frame["metric_id"] if s.metric_id is None else [s.metric_id])]
+        elif s.table == "gold.index_indicator":
+            frame = indicators
+        elif s.table == "gold.index_score":
+            frame = release.blank_scores(frame, indicators)
+        sheets += build_sheets(s, frame, catalogue, spec)
+    export = Export(periods, sheets, audit=figures)
     now = dt.datetime.now(ZoneInfo(settings.timezone))
-    export.header = header(export, spec, now, {t: v for t, (_, v) in read.items()})
+    versions = {t: v for t, (_, v) in read.items()
+                if any(s.table == t for s in selections) or t == release.METRIC_TABLE}
+    export.header = header(export, spec, now, versions)
     return export
 
 
@@ -351,33 +437,35 @@ def write(export: Export, spec: PublishSettings, fmt: str, out_dir: Path,
             for sheet in export.sheets]
 
 
-def run(spark: SparkSession, settings: Settings, names: list[str], period_text: str, fmt: str,
-        out_dir: Path | None = None, k: int | None = None) -> dict:
-    """`healthlake export NAME... --period P --format F [--out DIR] [--k K]`."""
+def run(spark: SparkSession, settings: Settings, names: list[str],
+        period_text: str | list[str], fmt: str, out_dir: Path | None = None,
+        k: int | None = None) -> dict:
+    """`healthlake export NAME... --period P [--period P2 ...] --format F [--out DIR] [--k K]`:
+    every period in one release, checked as one system. A ``k`` below the configured k is
+    refused."""
     import dataclasses
 
     spec = load_publish(settings)
-    if k is not None:
-        if k < 2:
-            raise ConfigError("--k must be at least 2")
-        spec = dataclasses.replace(spec, suppression=dataclasses.replace(spec.suppression, k=k))
-    period = parse_period(period_text)
+    spec = dataclasses.replace(spec, suppression=spec.suppression.floor(k))
+    texts = [period_text] if isinstance(period_text, str) else list(period_text)
+    periods = list(dict.fromkeys(parse_period(t) for t in texts))
     if fmt not in FORMATS:
         raise ConfigError(f"unknown format {fmt!r} (one of {', '.join(FORMATS)})")
     catalogue = load_catalogue(settings)
-    export = prepare(spark, settings, names, period, spec, catalogue)
-    target = out_dir or exports_root(settings, spec) / period.label
+    export = prepare(spark, settings, names, periods, spec, catalogue)
+    target = out_dir or exports_root(settings, spec) / export.label
     stem = names[0].replace(".", "_") if len(names) == 1 else "healthlake-export"
     paths = write(export, spec, fmt, target, stem)
     rows_per_file = ([sum(len(s.rows) for s in export.sheets)] if fmt == "xlsx"
                      else [len(s.rows) for s in export.sheets])
     for path, rows in zip(paths, rows_per_file, strict=True):
-        audit.record_export(path, rows, names=names, period=period.label, format=fmt,
+        audit.record_export(path, rows, names=names, period=export.label, format=fmt,
                             source=export.header.get("source"))
     suppressed = {s.name: int(s.rows[SUPPRESSED].notna().sum()) for s in export.sheets
                   if SUPPRESSED in s.rows.columns}
-    summary = {"period": period.label, "format": fmt, "files": [str(p) for p in paths],
+    summary = {"period": export.label, "format": fmt, "files": [str(p) for p in paths],
                "tables": {s.name: len(s.rows) for s in export.sheets},
-               "suppressed_cells": suppressed, "rule": export.header["suppression"]}
+               "suppressed_cells": suppressed, "rule": export.header["suppression"],
+               "release_audit": export.audit}
     log.info("export %s: %s", names, summary)
     return summary

@@ -4,8 +4,9 @@ Sections: the informatization index and its sub-indices by district (ranks, chan
 year); trends over the years (the index, and the city's key metrics); chronic-disease prevalence
 and control by district, age and sex; service use by tier and channel; the data-quality
 scorecard. Every chart (inline SVG, :mod:`jobs.publish.charts`) has its numbers and the
-definitions of what it shows beside it. Metric cells are suppressed as in exports (small
-cells and their complements are shown as '*').
+definitions of what it shows beside it. Metric cells are suppressed as in exports, every
+year's metrics of the report checked as one release (:func:`jobs.publish.export.suppress_release`),
+and index scores that would give a suppressed cell back are blanked (all shown as '*').
 
 No script, stylesheet, font or image is fetched: the file opens offline. Reading is at the edge
 (:func:`load_data`); :func:`render` is a pure function of the data.
@@ -29,8 +30,8 @@ from jobs import audit
 from jobs.config import Settings
 from jobs.gold.catalogue import MetricCatalogue, band_bounds, load_catalogue
 from jobs.gold.metrics import GRAIN_COLUMNS
-from jobs.publish import charts
-from jobs.publish.export import suppress_metric_rows
+from jobs.publish import charts, release
+from jobs.publish.export import suppress_release
 from jobs.publish.settings import PublishSettings, load_publish, reports_root
 from jobs.publish.suppression import SUPPRESSED
 
@@ -114,7 +115,7 @@ def _fmt(value: float | None, unit: str = "percent") -> str:
 
 def _td(cell: Cell, unit: str) -> str:
     if cell.suppressed:
-        return f'<td class="suppressed" title="suppressed ({cell.suppressed})">*</td>'
+        return '<td class="suppressed" title="suppressed">*</td>'
     return f'<td class="num">{_fmt(cell.shown, unit)}</td>'
 
 
@@ -138,10 +139,8 @@ def district_labels(settings: Settings) -> dict[str, str]:
 
 def suppress_all(rows: pd.DataFrame, catalogue: MetricCatalogue, spec: PublishSettings
                  ) -> pd.DataFrame:
-    """Every metric's cells suppressed as in exports."""
-    parts = [suppress_metric_rows(mine, catalogue.metrics.get(mid), rows, spec)
-             for mid, mine in rows.groupby("metric_id", sort=False)]
-    return pd.concat(parts, ignore_index=True) if parts else rows.assign(**{SUPPRESSED: None})
+    """Every metric's cells of the report suppressed as one release, as in exports."""
+    return suppress_release(rows.reset_index(drop=True), catalogue, spec)[0]
 
 
 # -- the panels (pure) ----------------------------------------------------------------------------
@@ -242,9 +241,9 @@ class Builder:
         rows = []
         for code, label in areas:
             total = score(code, level(code), "total")
-            cells = [Cell(_shown(score(code, level(code), n), "score")) for n in names]
-            rank = _shown(total, "rank") if code is not None else None
-            cells += [Cell(rank), Cell(_shown(total, "change"))]
+            cells = [_cell(score(code, level(code), n), "score") for n in names]
+            rank = _cell(total, "rank") if code is not None else Cell(None)
+            cells += [rank, _cell(total, "change")]
             rows.append((label, cells))
         units = ["index_0_100"] * len(names) + ["count", "index_0_100"]
         note = ("Ranks among the districts (1 = highest total). Change: points against the "
@@ -263,12 +262,12 @@ class Builder:
             sel = total[(total["year"] == year)
                         & ((total["area_level"] == "city") if code is None
                            else (total["area_code"].astype(str) == code))]
-            return _shown(sel.iloc[0] if len(sel) else None, "score")
+            return _cell(sel.iloc[0] if len(sel) else None, "score")
 
-        series = {label: [value(code, y) for y in years] for code, label in areas}
+        series = {label: [value(code, y).shown for y in years] for code, label in areas}
         title = "信息化发展指数历年趋势 Informatization index over the years"
         svg = charts.line_chart([str(y) for y in years], series, title, "score 0-100")
-        rows = [(str(y), [Cell(value(code, y)) for code, _ in areas]) for y in years]
+        rows = [(str(y), [value(code, y) for code, _ in areas]) for y in years]
         table = numbers_table([label for _, label in areas], rows,
                               ["index_0_100"] * len(areas))
         note = "" if len(years) > 1 else "The lake holds one year of the index so far."
@@ -372,6 +371,13 @@ class Builder:
                      "Institutions' extracts of the year, summed numerators over summed "
                      "denominators; districts and tiers are the institutions'. Counts of files "
                      "and rows, not of persons: nothing is suppressed.")
+
+
+def _cell(row: pd.Series | None, column: str) -> Cell:
+    """A score's cell: '*' when it is blanked (it would give a suppressed cell back)."""
+    if row is not None and not pd.isna(row.get(SUPPRESSED)):
+        return Cell(None, SUPPRESSED)
+    return Cell(_shown(row, column))
 
 
 def _shown(row: pd.Series | None, column: str) -> float | None:
@@ -491,10 +497,17 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
     versions = {"gold.metric_value": table_version(settings, "gold.metric_value", spark)}
     scores = pd.DataFrame(columns=["year", "area_level", "area_code", "index_name", "score",
                                    "rank", "change"])
+    published = suppress_all(metrics, catalogue, spec)
     if table_exists(spark, settings, "gold.index_score"):
         scores = (read_table(spark, settings, "gold.index_score")
                   .where(F.col("year") <= year).toPandas())
         versions["gold.index_score"] = table_version(settings, "gold.index_score", spark)
+        indicators = None
+        if table_exists(spark, settings, "gold.index_indicator"):
+            indicators = release.blank_indicators(
+                read_table(spark, settings, "gold.index_indicator")
+                .where(F.col("year") <= year).toPandas(), published)
+        scores = release.blank_scores(scores, indicators)
     dq = pd.DataFrame(columns=["metric_id", "level", "code", "numerator", "denominator",
                                "value"])
     if table_exists(spark, settings, "gold.dq_scorecard"):
@@ -509,7 +522,7 @@ def load_data(spark: SparkSession, settings: Settings, year: int, spec: PublishS
         cols = ["metric_id", "level", "code", "numerator", "denominator", "value"]
         dq = pd.concat([p.select(*cols).toPandas() for p in parts], ignore_index=True)
         versions["gold.dq_scorecard"] = table_version(settings, "gold.dq_scorecard", spark)
-    return ReportData(year, suppress_all(metrics, catalogue, spec), scores, dq, versions,
+    return ReportData(year, published, scores, dq, versions,
                       dt.datetime.now(ZoneInfo(settings.timezone)))
 
 
@@ -519,8 +532,7 @@ def run(spark: SparkSession, settings: Settings, year: int, out: Path | None = N
     import dataclasses
 
     spec = load_publish(settings)
-    if k is not None:
-        spec = dataclasses.replace(spec, suppression=dataclasses.replace(spec.suppression, k=k))
+    spec = dataclasses.replace(spec, suppression=spec.suppression.floor(k))
     catalogue = load_catalogue(settings)
     data = load_data(spark, settings, year, spec, catalogue)
     page = render(data, catalogue, spec, district_labels(settings),

@@ -6,11 +6,11 @@ misspelt table, zone or column stops the run with the key and the file named.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from jobs.config import Settings, build_dataclass, require
+from jobs.config import ConfigError, Settings, build_dataclass, require
 
 RESTRICTED_ZONE = "restricted"
 
@@ -33,11 +33,23 @@ class SuppressionRule:
         lowest = 0 if self.suppress_zeros else 1
         return (f"small-cell suppression, k = {self.k}: a cell whose "
                 f"{' or '.join(self.count_columns)} counts {lowest} to {self.k - 1} is "
-                "suppressed (primary); further cells are suppressed (complementary, smallest "
-                "first) until every row, column and total that holds a suppressed cell holds at "
-                "least two, so none can be recovered by subtraction; "
+                "suppressed, then further cells until no suppressed count can be worked out, "
+                "exactly or closer than k, from everything published together (this file and "
+                "every other file of the same export: totals along every grain, a year and its "
+                "months, the same count in two metrics; checked by linear programming); "
                 f"{', '.join(self.blank_columns)} of a suppressed cell are left blank and "
-                "column 'suppressed' says why")
+                "column 'suppressed' marks every such cell alike; index values computed from a "
+                "suppressed cell are blanked with it. Not protected: combining separate "
+                "exports or outside knowledge (README, Publishing)")
+
+    def floor(self, k: int | None) -> SuppressionRule:
+        """This rule with ``k`` when given: a k below the configured one is refused."""
+        if k is None:
+            return self
+        if k < self.k:
+            raise ConfigError(f"--k {k} is below the configured k = {self.k} "
+                              "(publish.suppression.k): a smaller k is never allowed")
+        return replace(self, k=k)
 
 
 @dataclass(frozen=True)

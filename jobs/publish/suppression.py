@@ -18,8 +18,12 @@ Grains that a finer grain determines (a town's district, an institution's distri
 ``implied_grains``) make the equations of hierarchies: the towns of the city add up to the city
 as the towns of a district add up to the district.
 
-Not protected against: combining equations of several tables or metrics (linear programming
-attacks on linked tables), and knowledge from outside the published tables.
+Every suppressed cell carries the same marker (column ``suppressed`` = 'suppressed'): a word
+saying which cells are small would tell the reader their count is 1 .. k-1.
+
+This is one cube at a time. A release (every sheet of an export, a year with its months, the
+report) is then audited as one system by :mod:`jobs.publish.release` (linear programming over
+every relation that holds), which suppresses more where cubes together give a cell back.
 """
 
 from __future__ import annotations
@@ -37,9 +41,7 @@ class SuppressionError(RuntimeError):
     """A table about to be published shows a small count or lets one be recomputed."""
 
 
-PRIMARY = "primary"
-COMPLEMENTARY = "complementary"
-SUPPRESSED = "suppressed"
+SUPPRESSED = "suppressed"  # the column, and its one value for every suppressed cell
 
 
 def primary(counts: pd.DataFrame, rule: SuppressionRule) -> pd.Series:
@@ -108,7 +110,7 @@ def complementary(suppressed: pd.Series, sizes: pd.Series,
 def suppress(table: pd.DataFrame, grain_columns: list[str], rule: SuppressionRule,
              counts: pd.DataFrame | None = None) -> pd.DataFrame:
     """``table`` (one cube: one metric and period) with small cells and their complements
-    blanked and column ``suppressed`` = 'primary' | 'complementary' | null.
+    blanked and column ``suppressed`` = 'suppressed' | null (one marker for both).
 
     ``counts`` (aligned with ``table``) holds the counts checked against k when they are not the
     table's own count columns (an age-standardised rate is judged by its crude counts)."""
@@ -117,15 +119,17 @@ def suppress(table: pd.DataFrame, grain_columns: list[str], rule: SuppressionRul
     sizes = pd.to_numeric(counts[rule.count_columns[0]], errors="coerce").fillna(0.0)
     grains = table[[c for c in grain_columns if c in table.columns]]
     more = complementary(first, sizes, equations(grains, rule.implied_grains))
+    return blank(table, first | more, rule)
+
+
+def blank(table: pd.DataFrame, hidden: pd.Series, rule: SuppressionRule) -> pd.DataFrame:
+    """``table`` with the ``blank_columns`` of ``hidden`` rows emptied and the marker set."""
     out = table.copy()
-    reason = pd.Series(None, index=table.index, dtype=object)
-    reason[first] = PRIMARY
-    reason[more] = COMPLEMENTARY
-    hidden = first | more
     for column in rule.blank_columns:
         if column in out.columns:
             out[column] = out[column].astype("float64").where(~hidden)
-    out[SUPPRESSED] = reason
+    out[SUPPRESSED] = pd.Series(None, index=table.index, dtype=object).where(~hidden,
+                                                                            SUPPRESSED)
     return out
 
 
