@@ -291,8 +291,8 @@ def narrow(a_eq, b_eq, a_ub, b_ub, true: np.ndarray, check: list[int], k: int
     """(variable, min, max) of the variables in ``check`` whose range over {x >= 0: A_eq x =
     b_eq, A_ub x <= b_ub} is narrower than k. ``true`` is a feasible point (the true counts):
     a variable is safe as soon as some feasible point lies k or more away from it, so LPs that
-    push every unresolved variable up, then down, settle most at once; the rest get their own
-    minimum and maximum."""
+    push every unresolved variable up settle most at once; the rest get their own maximum (and
+    minimum), each solution settling the others it moves far enough."""
     from scipy.optimize import linprog
 
     def solve(c, upper=None):
@@ -302,17 +302,16 @@ def narrow(a_eq, b_eq, a_ub, b_ub, true: np.ndarray, check: list[int], k: int
 
     open_ = set(check)
     cap = float(np.nansum(np.abs(true))) * 10 + 10 * k  # a bounded box holding the truth
-    for sign in (-1.0, 1.0):
-        while open_:
-            c = np.zeros(len(true))
-            c[list(open_)] = sign
-            res = solve(c, cap)
-            if res is None:
-                break
-            moved = {n for n in open_ if abs(res.x[n] - true[n]) >= k - 1e-6}
-            open_ -= moved
-            if not moved:
-                break
+    while open_:  # push them all up (a small count cannot go k below its true value)
+        c = np.zeros(len(true))
+        c[list(open_)] = -1.0
+        res = solve(c, cap)
+        if res is None:
+            break
+        moved = {n for n in open_ if abs(res.x[n] - true[n]) >= k - 1e-6}
+        open_ -= moved
+        if not moved:
+            break
     out = []
 
     def settle(res) -> None:  # any solution found also settles the counts it moves far
