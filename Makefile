@@ -74,7 +74,9 @@ airflow-stop: $(INSTALLED)
 	$(BIN)/healthlake airflow stop
 
 # Spark's Thrift JDBC server on 127.0.0.1:10000 over the tables analysts can query (curated and
-# ops; never the restricted zone): beeline -u jdbc:hive2://127.0.0.1:10000. Stop: make thrift-stop.
+# ops; never the restricted zone), every statement through the SQL gate in the server process:
+# beeline -u jdbc:hive2://127.0.0.1:10000. Stop: make thrift-stop. On a shared machine run it as
+# the analysts' account (README, Running safely).
 thrift: setup $(SECRET)
 	$(BIN)/healthlake thrift start
 

@@ -117,7 +117,34 @@ def check_jdbc_plan(plan, allowed: gate.Allowed) -> None:
         namespace = [str(n).lower() for n in _seq(plan.child().namespace())]
         if len(namespace) == 1 and namespace[0] in allowed.layers | set(SESSION_DATABASES):
             return
+    if _reads_table_logs_only(plan, allowed):
+        return
     gate.check_analysed(plan, allowed)
+
+
+def _reads_table_logs_only(plan, allowed: gate.Allowed) -> bool:
+    """Whether ``plan`` is one Delta builds inside the server to read an analyst table's log
+    (the same session's check rule sees it): every leaf reads ``_delta_log`` files through
+    Delta's own ``DeltaLogFileIndex`` under an analyst root, or is the log's cached state (an
+    RDD). No SQL names such a relation, so no statement passes this way."""
+    leaves = _seq(plan.collectLeaves())
+    if not leaves:
+        return False
+    for leaf in leaves:
+        kind = leaf.getClass().getSimpleName()
+        if kind == "LogicalRDD":
+            continue
+        if kind != "LogicalRelation" or leaf.catalogTable().isDefined():
+            return False
+        index = leaf.relation().location()
+        if index.getClass().getSimpleName() != "DeltaLogFileIndex":
+            return False
+        for path in _seq(index.rootPaths()):
+            where = gate.location(str(path.toUri()))
+            if "/_delta_log" not in where or not any(
+                    where.startswith(root + "/") for root in allowed.roots):
+                return False
+    return True
 
 
 def _seq(scala_seq) -> list:
@@ -139,7 +166,7 @@ class _PlanCheck:
         try:
             self._check(plan)
         except Exception as exc:
-            log.warning("JDBC statement refused: %s", exc)
+            log.warning("JDBC statement refused: %s\n%s", exc, plan.treeString())
             raise
         return None
 
