@@ -57,16 +57,19 @@ def read_table(spark: SparkSession, settings: Settings, name: str) -> DataFrame:
 
 
 def write_table(df: DataFrame, settings: Settings, name: str, *, mode: str = "append",
-                replace_where: str | None = None) -> None:
+                replace_where: str | None = None, replace_schema: bool = False) -> None:
     """Write to a catalogued table with its configured partitioning.
 
     ``replace_where`` atomically replaces just the matching rows (one Delta commit): how a job
-    re-runs one extract date without touching the others.
+    re-runs one extract date without touching the others. ``replace_schema`` (with
+    ``mode="overwrite"``) lets a table recomputed whole take the columns its job now writes.
     """
     spec = settings.table(name)
     writer = df.write.format("delta").mode("overwrite" if replace_where else mode)
     if replace_where:
         writer = writer.option("replaceWhere", replace_where)
+    if replace_schema:
+        writer = writer.option("overwriteSchema", "true")
     if spec.partition_by:
         writer = writer.partitionBy(*spec.partition_by)
     writer.save(settings.table_location(name))

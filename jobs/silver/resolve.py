@@ -496,7 +496,8 @@ def refresh_persons(spark: SparkSession, settings: Settings, params: MatchingPar
     published = generalise_persons(persons, params.person_generalisation, city_code)
     write_table(persons.select("person_id", *EXACT_ATTRIBUTES), settings,
                 "restricted.person_attributes", mode="overwrite")
-    write_table(published, settings, "silver.person", mode="overwrite")
+    # a lake from before the generalisation held exact values here: the new columns replace them
+    write_table(published, settings, "silver.person", mode="overwrite", replace_schema=True)
     persons.unpersist()
     return n
 
