@@ -208,7 +208,7 @@ def test_sql_queries_curated_tables_by_name_and_refuses_the_restricted_zone(anal
     listed = {t["table"]: t for t in sql.tables(spark, settings)}
     assert listed["silver.person"]["rows"] == n and "person_id" in listed["silver.person"][
         "columns"]
-    assert "ops.ingest_log" in listed
+    assert "ops.ingest_log" in listed and "ops.audit_log" not in listed  # listed ops tables
     assert not [t for t in listed if t.split(".")[0] in ("bronze", "quarantine", "silver_std",
                                                          "restricted")]
 
@@ -234,13 +234,21 @@ def test_sql_queries_curated_tables_by_name_and_refuses_the_restricted_zone(anal
         sql.check_files(spark.read.format("delta").load(str(path)).inputFiles(), catalogue)
 
 
-def test_the_sql_command_refuses_before_starting_spark(capsys):
+def test_the_sql_command_refuses_with_exit_code_3(analyst_session, gold_lake, lake_root,
+                                                  monkeypatch, capsys):
     from jobs.cli import main
+    from tests.conftest import settings_env
 
-    with pytest.raises(SystemExit) as exited:
-        main(["sql", "SELECT * FROM restricted.identity"])
-    assert exited.value.code == 3
-    assert "restricted.identity is in the restricted zone" in capsys.readouterr().err
+    for key, value in settings_env(lake_root).items():  # the CLI reads this lake
+        monkeypatch.setenv(key, value)
+    for query, reason in (("SELECT * FROM restricted.identity",
+                           "restricted.identity is in the restricted zone"),
+                          ("WITH x AS (SELECT 1) INSERT INTO gold.index_score SELECT * FROM x",
+                           "not a query: InsertIntoStatement")):
+        with pytest.raises(SystemExit) as exited:
+            main(["sql", query])
+        assert exited.value.code == 3
+        assert reason in capsys.readouterr().err
     assert sql.format_result(pd.DataFrame({"a": [1, None]}), "json") == \
         '[\n  {\n    "a": 1.0\n  },\n  {\n    "a": null\n  }\n]'
 

@@ -149,12 +149,18 @@ def _kind(obj) -> str:
     return obj.getClass().getName().rsplit(".", 1)[-1].rstrip("$")
 
 
+_classes: dict[tuple[int, str], object] = {}
+
+
 def _is(obj, class_name: str) -> bool:
-    gateway_class = obj._gateway_client  # the same JVM the object lives in
+    """Whether a JVM object is an instance of a class or interface (looked up once per JVM)."""
     from py4j.java_gateway import JavaClass
 
-    jclass = JavaClass("java.lang.Class", gateway_class).forName(class_name)
-    return bool(jclass.isInstance(obj))
+    client = obj._gateway_client  # the JVM the object lives in
+    key = (id(client), class_name)
+    if key not in _classes:
+        _classes[key] = JavaClass("java.lang.Class", client).forName(class_name)
+    return bool(_classes[key].isInstance(obj))
 
 
 # -- the parsed plan ------------------------------------------------------------------------------
