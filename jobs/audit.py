@@ -106,8 +106,10 @@ def _now() -> dt.datetime:
 
 
 def flush(spark, settings: Settings, command: str | None = None) -> int:
-    """Write the events collected so far to ops.audit_log in one append; returns how many."""
-    if not _pending:
+    """Write the events collected so far, and the rows analysts' accounts left in the inbox,
+    to ops.audit_log in one append; returns how many."""
+    inbox = inbox_files(settings)
+    if not _pending and not inbox:
         return 0
     events = list(_pending)
     for e in events:
@@ -117,8 +119,11 @@ def flush(spark, settings: Settings, command: str | None = None) -> int:
     who = _who(command)
     rows = [(e.at.date(), e.at, *who, e.action, e.target, e.table_version, e.rows, e.detail)
             for e in events]
+    rows += [inbox_row(path) for path in inbox]
     write(spark, settings, spark.createDataFrame(rows, COLUMNS))
     del _pending[:len(events)]
+    for path in inbox:  # in the table now; a crash before this line only repeats a row
+        path.unlink(missing_ok=True)
     return len(rows)
 
 
@@ -147,6 +152,55 @@ def write(spark, settings: Settings, rows) -> None:
 
 
 SQL_INBOX = "_audit_inbox"  # under the ops zone's root: mode 1733, created by the pipeline
+INBOX_MODE = 0o1733         # anyone may add a file, nobody but the pipeline may list or remove
+
+
+def inbox_dir(settings: Settings) -> Path | None:
+    """The folder where accounts that may not write ops.audit_log leave their rows (local ops
+    zones only; on an object store analysts' commands need write access to the table)."""
+    if "ops" not in settings.paths.zones:
+        return None
+    return settings.local_dir("ops") / SQL_INBOX
+
+
+def secure_inbox(settings: Settings) -> Path | None:
+    """Create the inbox with mode 1733 (sticky, writable and not listable by others)."""
+    inbox = inbox_dir(settings)
+    if inbox is not None:
+        inbox.mkdir(parents=True, exist_ok=True)
+        os.chmod(inbox, INBOX_MODE)
+    return inbox
+
+
+def inbox_files(settings: Settings) -> list[Path]:
+    """The rows left in the inbox, oldest first (none when it cannot be listed)."""
+    inbox = inbox_dir(settings)
+    try:
+        return sorted(inbox.glob("*.json")) if inbox is not None and inbox.is_dir() else []
+    except PermissionError:
+        return []
+
+
+def inbox_row(path: Path) -> tuple:
+    """An inbox file as an audit row. Who wrote it is the file's owner as the file system says,
+    whatever the row claims: an account cannot leave a row in another's name."""
+    import pwd
+
+    row = json.loads(path.read_text(encoding="utf-8"))
+    owner = path.stat().st_uid
+    try:
+        user = pwd.getpwuid(owner).pw_name
+    except KeyError:
+        user = f"uid {owner}"
+    detail = json.loads(row.get("detail") or "{}")
+    if row.get("os_user") != user:
+        detail["claimed_os_user"] = row.get("os_user")
+    detail["inbox_file"] = path.name
+    at = dt.datetime.fromisoformat(str(row["at"]))
+    return (at.date(), at, user, row.get("host"), row.get("airflow_dag"),
+            row.get("airflow_task"), row.get("airflow_run"), row.get("command"),
+            row.get("action"), row.get("target"), row.get("table_version"), row.get("rows"),
+            json.dumps(detail, ensure_ascii=False))
 
 
 def record_sql(spark, settings: Settings, text: str, tables: list[str] = (),
@@ -185,9 +239,13 @@ def _permission_denied(exc: BaseException) -> bool:
 def _write_inbox(settings: Settings, row: dict) -> Path:
     import uuid
 
-    inbox = settings.zone_root("ops") / SQL_INBOX
+    inbox = inbox_dir(settings)
+    if inbox is None:
+        raise PermissionError("ops.audit_log cannot be written by this account and the ops zone "
+                              "has no local inbox: the query is not run unaudited")
     where = inbox / f"{row['at']:%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex}.json"
-    fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    os.fchmod(fd, 0o644)  # the pipeline's account reads it; others cannot list the folder
     with os.fdopen(fd, "w", encoding="utf-8") as out:
         out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
     log.warning("audit: ops.audit_log not writable by this account; row left in %s", where)

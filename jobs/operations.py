@@ -160,6 +160,9 @@ def secure_zones(settings: Settings) -> dict[str, str]:
             os.chmod(root, int(str(modes[zone]), 8))
             done[zone] = str(modes[zone])
     secure_private_roots(settings)
+    from jobs.audit import secure_inbox
+
+    secure_inbox(settings)
     return done
 
 

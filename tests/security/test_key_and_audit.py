@@ -141,3 +141,35 @@ def test_a_command_s_audit_rows_are_written_while_it_holds_the_writer_lock(
     rows = spark.read.format("delta").load(settings.table_location("ops.audit_log")).collect()
     assert [(r["action"], r["target"], r["rows"]) for r in rows] == [
         ("export", str(tmp_path / "published.csv"), 3)]
+
+
+def test_rows_an_analyst_account_leaves_in_the_inbox_reach_the_audit_log_under_its_own_name(
+        spark, tmp_path):
+    """An account that may not write ops.audit_log leaves its row in the ops zone's inbox (1733:
+    anyone adds, nobody else lists); the next command's flush writes it, inside the lock, under
+    the name of the file's owner whatever the row claims, and empties the inbox."""
+    import json
+    import pwd
+
+    from jobs import audit
+    from jobs.operations import secure_zones
+
+    settings = load(environ=settings_env(tmp_path))
+    secure_zones(settings)
+    inbox = audit.inbox_dir(settings)
+    assert stat.S_IMODE(inbox.stat().st_mode) == 0o1733
+    audit._pending.clear()
+    row = {"at": "2026-12-07 09:00:00.000001", "os_user": "root", "host": "h",
+           "command": "healthlake sql 'SELECT 1'", "action": "sql_query", "target": "-",
+           "table_version": None, "rows": 1, "detail": json.dumps({"query": "SELECT 1"})}
+    left = inbox / "20261207T090000-1-forged.json"
+    left.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    nobody = pwd.getpwnam("nobody").pw_uid
+    os.chown(left, nobody, -1)
+
+    assert audit.flush(spark, settings, "healthlake gold --date 2024-04-15") == 1
+    assert not list(inbox.iterdir())
+    got = spark.read.format("delta").load(settings.table_location("ops.audit_log")).collect()
+    assert len(got) == 1 and got[0]["os_user"] == "nobody" and got[0]["action"] == "sql_query"
+    detail = json.loads(got[0]["detail"])
+    assert detail["claimed_os_user"] == "root" and detail["query"] == "SELECT 1"
