@@ -279,43 +279,6 @@ def test_notebooks_execute_against_the_lake(gold_lake, lake_root, monkeypatch):
         assert any("image/svg+xml" in o.get("data", {}) for o in shown), name
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_thrift_server_serves_the_curated_tables_over_jdbc(spark, gold_lake, lake_root,
-                                                           tmp_path):
-    from jobs.publish import thrift
-    from tests.conftest import make_settings, settings_env
-
-    extra = {"HEALTHLAKE_PUBLISH__THRIFT__PORT": str(_free_port()),
-             "HEALTHLAKE_PUBLISH__THRIFT__HOME": str(tmp_path / "thrift")}
-    settings = make_settings(lake_root, **extra)
-    spec = load_publish(settings)
-    status = thrift.start(settings, environ=settings_env(lake_root, **extra))
-    try:
-        assert status["listening"] and status["url"].startswith("jdbc:hive2://127.0.0.1:")
-        tables = thrift.beeline(spec, "SHOW TABLES IN gold")
-        assert "index_score" in tables and "metric_value" in tables
-        count = thrift.beeline(spec, f"SELECT count(*) AS n FROM gold.index_score WHERE year = "
-                                     f"{YEAR}")
-        n = read_table(spark, settings, "gold.index_score").where(f"year = {YEAR}").count()
-        assert f"\n{n}\n" in f"\n{count}\n"
-        assert "restricted" not in thrift.beeline(spec, "SHOW DATABASES")
-        path = settings.table_path("bronze.encounters")
-        for statement in ("SELECT * FROM bronze.encounters",
-                          f"SELECT * FROM delta.`{path}`"):
-            out = thrift.beeline(spec, statement)
-            assert "TABLE_OR_VIEW_NOT_FOUND" in out and "42P01" in out, out[-500:]
-    finally:
-        thrift.stop(settings)
-    assert not thrift.status(settings)["running"]
-
-
 def test_exports_and_restricted_reads_are_audited_in_an_append_only_table(
         spark, gold_lake, lake_root, monkeypatch, tmp_path):
     """`healthlake export` and a command that reads the restricted zone each leave a row in
