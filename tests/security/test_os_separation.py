@@ -156,11 +156,9 @@ def _first_file(folder: Path) -> Path | None:
 def test_the_analyst_account_reads_curated_tables_and_cannot_open_anything_restricted(
         spark, settings, gold_lake, lake_root, analyst, analyst_home, traversable):
     home = analyst_home
-    secure_zones(settings)  # as every pipeline run does before it writes
-    inbox = settings.zone_root("ops") / audit.SQL_INBOX
-    if not inbox.exists():  # TEMPORARY: until the pipeline creates the analysts' audit inbox
-        inbox.mkdir()
-        inbox.chmod(0o1733)
+    secure_zones(settings)  # as every pipeline run does before it writes (the audit inbox too)
+    inbox = audit.inbox_dir(settings)
+    assert stat.S_IMODE(inbox.stat().st_mode) == 0o1733
     env = _analyst_env(lake_root, home, analyst)
     curated_count = read_table(spark, settings, "gold.index_score").count()
 
