@@ -203,20 +203,27 @@ def inbox_row(path: Path) -> tuple:
             json.dumps(detail, ensure_ascii=False))
 
 
-def record_sql(spark, settings: Settings, text: str, tables: list[str] = (),
-               rows: int | None = None, refused: str | None = None) -> None:
-    """One row for an analyst's SQL query, run (``sql_query``: the tables read with their Delta
-    versions, the rows returned) or refused (``sql_refused``: the reason), written at once.
-    An account that may not write the ops zone leaves the row as one JSON line in
-    ``<ops zone>/_audit_inbox/`` instead; when neither can be written the query fails."""
+def sql_row(settings: Settings, text: str, tables: list[str] = (), rows: int | None = None,
+            refused: str | None = None, spark=None, command: str | None = None) -> tuple:
+    """The audit row of one analyst query: run (``sql_query``: the tables read with their Delta
+    versions, the rows returned) or refused (``sql_refused``: the reason)."""
     from jobs.lake import table_version
 
     versions = {name: table_version(settings, name, spark) for name in tables}
     at = _now()
-    row = (at.date(), at, *_who(None), "sql_refused" if refused else "sql_query",
-           ", ".join(tables) or "-", next(iter(versions.values())) if len(versions) == 1 else None,
-           rows, json.dumps({"query": text, "refused": refused, "tables": versions},
-                            ensure_ascii=False))
+    return (at.date(), at, *_who(command), "sql_refused" if refused else "sql_query",
+            ", ".join(tables) or "-",
+            next(iter(versions.values())) if len(versions) == 1 else None, rows,
+            json.dumps({"query": text, "refused": refused, "tables": versions},
+                       ensure_ascii=False))
+
+
+def record_sql(spark, settings: Settings, text: str, tables: list[str] = (),
+               rows: int | None = None, refused: str | None = None) -> None:
+    """One row for an analyst's SQL query (:func:`sql_row`), written at once. An account that
+    may not write the ops zone leaves the row as one JSON line in ``<ops zone>/_audit_inbox/``
+    instead; when neither can be written the query fails."""
+    row = sql_row(settings, text, tables, rows, refused, spark)
     # A session of its own: the analyst's has reading by path switched off, which Delta's
     # table builder needs for the audit table's own folder.
     own = spark.newSession()
@@ -226,8 +233,14 @@ def record_sql(spark, settings: Settings, text: str, tables: list[str] = (),
     except Exception as exc:
         if not _permission_denied(exc):
             raise
-        names = [c.split()[0] for c in COLUMNS.split(", ")]
-        _write_inbox(settings, dict(zip(names, row, strict=True)))
+        leave_in_inbox(settings, row)
+
+
+def leave_in_inbox(settings: Settings, row: tuple) -> Path:
+    """An audit row left in the ops zone's inbox, for the next pipeline command to write (no
+    Spark: what a process that may not or cannot append to ops.audit_log does)."""
+    names = [c.split()[0] for c in COLUMNS.split(", ")]
+    return _write_inbox(settings, dict(zip(names, row, strict=True)))
 
 
 def _permission_denied(exc: BaseException) -> bool:

@@ -81,7 +81,8 @@ def serve(settings: Settings) -> None:
                       extra_conf=server_conf(settings, spec))
     allowed = gate.allowed_tables(settings, spec)
     names = sql.register_tables(spark, settings, allowed)
-    install_gate(spark, lambda plan: check_jdbc_plan(plan, allowed))
+    trail = JdbcAuditTrail(spark, settings, spec)
+    install_gate(spark, lambda plan: check_jdbc_plan(plan, allowed, trail))
     server = getattr(spark._jvm, THRIFT_SERVER)
     server.startWithContext(spark._jsparkSession.sqlContext())
     log.info("Thrift JDBC server on %s with %d tables: %s", jdbc_url(spec), len(names), names)
@@ -107,19 +108,61 @@ SESSION_DATABASES = ("default",)
 RESULT_WRAPPERS = ("DeserializeToObject",)
 
 
-def check_jdbc_plan(plan, allowed: gate.Allowed) -> None:
+def check_jdbc_plan(plan, allowed: gate.Allowed, trail: JdbcAuditTrail | None = None) -> None:
     """Refuse (raise :class:`jobs.publish.gate.RefusedQuery`) an analysed plan of a JDBC session
     that the analysts' SQL gate refuses (:func:`jobs.publish.gate.check_analysed`); besides,
-    ``USE`` of an analyst database or ``default``."""
+    ``USE`` of an analyst database or ``default``. The statement, run or refused, is audited
+    by ``trail`` before it runs."""
     while plan.getClass().getSimpleName() in RESULT_WRAPPERS:
         plan = plan.child()
     if plan.getClass().getSimpleName() == "SetCatalogAndNamespace":
         namespace = [str(n).lower() for n in _seq(plan.child().namespace())]
         if len(namespace) == 1 and namespace[0] in allowed.layers | set(SESSION_DATABASES):
+            if trail is not None:
+                trail.record([])
             return
     if _reads_table_logs_only(plan, allowed):
         return
-    gate.check_analysed(plan, allowed)
+    try:
+        tables = gate.check_analysed(plan, allowed)
+    except Exception as exc:
+        if trail is not None:
+            trail.record([], refused=str(exc) or type(exc).__name__)
+        raise
+    if trail is not None:
+        trail.record(tables)
+
+
+class JdbcAuditTrail:
+    """One audit row per JDBC statement, run or refused, left in the ops zone's audit inbox
+    from inside the check, so before the statement runs (no Spark job there; the next pipeline
+    command writes the rows to ops.audit_log). The statement and its id are what the Thrift
+    server sets as the job group of the thread that analyses it; a statement analysed more than
+    once (its result fetched through a wrapper) is one row."""
+
+    REMEMBERED = 10_000
+
+    def __init__(self, spark: SparkSession, settings: Settings, spec: PublishSettings):
+        self._context = spark.sparkContext
+        self._settings = settings
+        self._command = f"JDBC {jdbc_url(spec)}"
+        self._done: dict[str, None] = {}
+
+    def record(self, tables: list[str], refused: str | None = None) -> None:
+        from jobs import audit
+
+        statement_id = self._context.getLocalProperty("spark.jobGroup.id")
+        text = self._context.getLocalProperty("spark.job.description") or ""
+        if statement_id is None and refused is None:
+            return  # not a client's statement (the server's own work)
+        if statement_id is not None:
+            if statement_id in self._done:
+                return
+            self._done[statement_id] = None
+            while len(self._done) > self.REMEMBERED:
+                del self._done[next(iter(self._done))]
+        audit.leave_in_inbox(self._settings, audit.sql_row(
+            self._settings, text, tables, refused=refused, command=self._command))
 
 
 def _reads_table_logs_only(plan, allowed: gate.Allowed) -> bool:

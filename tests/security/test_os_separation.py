@@ -246,6 +246,20 @@ def test_the_analyst_account_reads_curated_tables_and_cannot_open_anything_restr
     # The analyst could write these folders: the gate, not the file system, stopped the writes.
     assert not made.exists() and not dumped.exists()
 
+    # Every query, run or refused, by `healthlake sql` and over JDBC, left its row in the inbox
+    # under the analyst's own name; the pipeline's next command writes them to the audit log.
+    audit._pending.clear()
+    assert audit.flush(spark, settings, "healthlake check") >= 2 + 3
+    assert not list(inbox.glob("*.json"))
+    rows = read_table(spark, settings, "ops.audit_log").where(
+        f"os_user = '{analyst}'").toPandas()
+    said = {(r["action"], json.loads(r["detail"])["query"]) for _, r in rows.iterrows()}
+    assert ("sql_query", probe["query"]) in said and (
+        "sql_refused", probe["restricted_query"]) in said, said
+    assert ("sql_query", statements["count"]) in said, said
+    for what in ("declare_restricted", "create_as", "directory_write", "reflect", "set"):
+        assert ("sql_refused", statements[what]) in said, (what, said)
+
 
 def _free_port() -> int:
     import socket
