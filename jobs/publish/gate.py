@@ -228,6 +228,8 @@ def _walk_parsed(plan, allowed: Allowed, ctes: frozenset[str], read: list[str]) 
             _walk_parsed(definition._2(), allowed, ctes, read)
     elif kind == "UnresolvedRelation":
         name = table_name([str(p) for p in _items(plan.multipartIdentifier())], allowed, ctes)
+        if not plan.options().isEmpty():  # `t WITH ('path' = ...)`: a table is read as it is
+            raise RefusedQuery(f"{name}: options on a table (WITH (...)) are not allowed here")
         if name in allowed.tables and name not in read:
             read.append(name)
     elif kind == "UnresolvedTableValuedFunction":

@@ -101,6 +101,12 @@ ATTACKS = {
     "udf": f"SELECT {UDF}(area_name) FROM gold.index_score",
     "restricted join": "SELECT e.* FROM gold.index_score s JOIN `silver_std`.`encounters` e "
                        "ON true",
+    "relation options": "SELECT * FROM gold.index_score WITH ('path' = '{path}')",
+    "time travel": "SELECT * FROM silver.person VERSION AS OF 0",
+    "execute immediate": "EXECUTE IMMEDIATE 'INSERT INTO gold.index_score "
+                         "SELECT * FROM gold.index_score'",
+    "lambda reflect": "SELECT transform(array(1), x -> reflect('java.lang.System', 'getenv', "
+                      "'HOME'))",
 }
 
 
