@@ -533,12 +533,18 @@ def _remove_superseded(spark, settings: Settings, superseded: dict[str, str], da
     log_table = DeltaTable.forPath(spark, settings.table_location("ops.ingest_log"))
     copies = [r["source_file"] for r in log_table.toDF().where(
         F.col("sha256").isin(list(superseded)) & later).select("source_file").collect()]
+    curated_rows = _curated_rows_of_copies(spark, settings, superseded, later)
     for name in settings.tables:
         if name == "ops.ingest_log" or not table_exists(spark, settings, name):
             continue
         table = DeltaTable.forPath(spark, settings.table_location(name))
         columns = table.toDF().columns
-        if "source_sha256" in columns:
+        if name in curated_rows:
+            keys = curated_rows[name].columns
+            (table.alias("t").merge(curated_rows[name].alias("s"),
+                                    " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys))
+             .whenMatchedDelete().execute())
+        elif "source_sha256" in columns:
             table.delete(F.col("source_sha256").isin(list(superseded)) & later)
         elif "source_file" in columns and "extract_date" in columns and copies:
             table.delete(F.col("source_file").isin(copies) & later)
@@ -553,6 +559,29 @@ def _remove_superseded(spark, settings: Settings, superseded: dict[str, str], da
             "message": F.lit(f"same sha256 as {earlier} (loaded for {day}): not loaded again")})
     log.warning("%s: %d file(s) loaded on later days were earlier deliveries; moved to %s",
                 day, len(superseded), day)
+
+
+def _curated_rows_of_copies(spark, settings: Settings, superseded: dict[str, str], later
+                            ) -> dict:
+    """The curated tables keep no lineage (no file, line or hash): the rows a later day's copy
+    put there are found by their keys and extract date in silver_std, which keeps it. Read
+    (and held) before silver_std's own rows of the copies are deleted."""
+    from pyspark.sql import functions as F
+
+    from jobs.silver.curate import CURATED
+
+    out = {}
+    for feed, spec in CURATED.items():
+        std = f"silver_std.{feed}"
+        if not (table_exists(spark, settings, std) and table_exists(spark, settings, spec.table)):
+            continue
+        rows = (read_table(spark, settings, std)
+                .where(F.col("source_sha256").isin(list(superseded)) & later)
+                .select("institution_id", *spec.key, "extract_date").distinct()
+                .localCheckpoint(eager=True))
+        if rows.take(1):
+            out[spec.table] = rows
+    return out
 
 
 def _ingest_log_rows(plan: DayPlan, stats: dict[str, dict], run_id: str,

@@ -220,10 +220,9 @@ def recovered_count(recoveries: list[dict]) -> int:
 @pytest.fixture(scope="module")
 def month_lake(spark, gold_lake):
     """The session city's gold for April 2024 as well (its only month with data)."""
-    from conftest import ER_DAYS
-
     from jobs.gold import job
     from jobs.gold.metrics import Period
+    from tests.conftest import ER_DAYS
 
     job.run_days(spark, gold_lake, ER_DAYS, periods=[Period.month(2024, 4)])
     return gold_lake
