@@ -144,6 +144,8 @@ def write(spark, settings: Settings, rows) -> None:
     from jobs.operations import holding_writer_lock
 
     path = settings.table_location(AUDIT_TABLE)
+    if "://" in path:  # as Delta spells a location (file:///x is file:/x), or it sees two
+        path = spark._jvm.org.apache.hadoop.fs.Path(path).toString()
     with holding_writer_lock(settings, f"audit of {_who(None)[-1]}"):
         (DeltaTable.createIfNotExists(spark).location(path).addColumns(rows.schema)
          .partitionedBy(*settings.table(AUDIT_TABLE).partition_by)
