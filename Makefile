@@ -40,7 +40,7 @@ demo: setup $(SECRET)
 	$(BIN)/healthlake demo
 
 test: setup chromium
-	$(BIN)/python -m pytest -q tests $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=40 tests $(PYTEST_ARGS)
 
 # The pipeline on a Spark standalone cluster (master and two workers on loopback) against the
 # local run: tests/test_cluster.py, left out of `make test` for CI's time.
